@@ -1,0 +1,87 @@
+"""Bounded in-process task queue: a fixed pool of workers, refusal (not waiting) when full."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Self, TypeVar
+
+import structlog
+
+__all__ = ["QueueFull", "TaskQueue"]
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue is at capacity; the caller should answer UNAVAILABLE."""
+
+
+class TaskQueue:
+    """Runs submitted coroutine functions on ``workers`` tasks; at most ``max_size`` wait.
+
+    Callers await the result with a timeout. A job whose caller gave up before it started is skipped,
+    so a burst of timeouts does not leave work nobody will read.
+    """
+
+    def __init__(self, max_size: int, workers: int) -> None:
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = asyncio.Queue(max_size)
+        self._workers_count = workers
+        self._workers: list[asyncio.Task[None]] = []
+        self.max_size = max_size
+
+    async def __aenter__(self) -> Self:
+        self._workers = [asyncio.create_task(self._work(), name=f"task-queue-{i}") for i in range(self._workers_count)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            future.cancel()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting to start."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._workers) and not all(t.done() for t in self._workers)
+
+    async def run(self, job: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """Queue ``job`` and wait for its result. Raises :class:`QueueFull` at once when full and
+        ``TimeoutError`` when the job has not finished within ``timeout`` seconds."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((job, future))
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    async def _work(self) -> None:
+        while True:
+            job, future = await self._queue.get()
+            try:
+                if future.cancelled():
+                    continue
+                try:
+                    result = await job()
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(result)
+            finally:
+                self._queue.task_done()

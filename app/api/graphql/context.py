@@ -1,0 +1,46 @@
+"""Per-request GraphQL context: services, the lazily verified caller, per-request loaders."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import strawberry
+from litestar import Request
+from strawberry.litestar import BaseContext
+
+from app.auth import Principal
+from app.errors import ErrorCode, ServiceError
+from app.services.container import Services
+
+__all__ = ["GraphQLContext", "Info", "context_getter"]
+
+
+class GraphQLContext(BaseContext, kw_only=True):
+    """Created once per request; the token is verified on first use and the result reused."""
+
+    services: Services
+    authorization: str | None = None
+    verified: Principal | None = None
+
+    async def principal(self) -> Principal:
+        """The verified caller; raises UNAUTHENTICATED."""
+        if self.verified is None:
+            self.verified = await self.services.verifier.verify_authorization_header(self.authorization)
+        return self.verified
+
+    async def user_id(self) -> uuid.UUID:
+        """The calling user's id. Service-role tokens act as their ``sub`` here: GraphQL is the
+        end-user API, and backends use the REST mirrors to act for someone else."""
+        return (await self.principal()).user_id
+
+
+Info = strawberry.Info[GraphQLContext, None]
+
+
+async def context_getter(request: Request[Any, Any, Any]) -> GraphQLContext:
+    """Litestar dependency building the context from app state and the Authorization header."""
+    services = request.app.state.services
+    if services is None:
+        raise ServiceError(ErrorCode.UNAVAILABLE, "The service is starting.")
+    return GraphQLContext(services=services, authorization=request.headers.get("authorization"))

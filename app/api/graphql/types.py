@@ -1,0 +1,212 @@
+"""GraphQL object and input types (the contract in the foundation issue) and their mapping from Structs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from app.db.profile_store import ConversationRecord, ProfileRecord
+from app.domain import contract
+from app.domain.quiz import QuestionKind as QuestionKindEnum
+from app.domain.quiz import UnlockState as UnlockStateEnum
+
+__all__ = [
+    "AnswerInput",
+    "ConnectionKeyPayload",
+    "ConnectionKeyQuestion",
+    "ConnectionKeyResponseInput",
+    "ConnectionKeyResult",
+    "ConsentPreference",
+    "ConsentPreferenceInput",
+    "Conversation",
+    "Profile",
+    "ProfileInput",
+    "Prompt",
+    "PromptInput",
+    "QuestionKind",
+    "QuestionScore",
+    "UnlockState",
+]
+
+QuestionKind = strawberry.enum(QuestionKindEnum, name="QuestionKind")
+UnlockState = strawberry.enum(UnlockStateEnum, name="UnlockState")
+
+
+@strawberry.type
+class ConnectionKeyQuestion:
+    id: strawberry.ID
+    kind: QuestionKind
+    prompt: str
+    choices: list[str] | None
+
+
+@strawberry.type
+class ConnectionKeyPayload:
+    id: strawberry.ID
+    conversation_id: strawberry.ID
+    target_user_id: strawberry.ID
+    questions: list[ConnectionKeyQuestion]
+    signed_payload: str
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, payload: contract.ConnectionKeyPayload) -> ConnectionKeyPayload:
+        return cls(
+            id=strawberry.ID(str(payload.id)),
+            conversation_id=strawberry.ID(str(payload.conversation_id)),
+            target_user_id=strawberry.ID(str(payload.target_user_id)),
+            questions=[
+                ConnectionKeyQuestion(id=strawberry.ID(str(q.id)), kind=q.kind, prompt=q.prompt, choices=q.choices)
+                for q in payload.questions
+            ],
+            signed_payload=payload.signed_payload,
+            expires_at=payload.expires_at,
+        )
+
+
+@strawberry.input
+class AnswerInput:
+    question_id: strawberry.ID
+    value: str
+    elapsed_ms: int | None = None
+
+
+@strawberry.input
+class ConnectionKeyResponseInput:
+    signed_payload: str
+    answers: list[AnswerInput]
+
+    def as_struct_data(self) -> dict[str, object]:
+        """The camelCase mapping :class:`app.domain.contract.ConnectionKeyResponseInput` validates."""
+        return {
+            "signedPayload": self.signed_payload,
+            "answers": [
+                {"questionId": a.question_id, "value": a.value, "elapsedMs": a.elapsed_ms} for a in self.answers
+            ],
+        }
+
+
+@strawberry.type
+class QuestionScore:
+    question_id: strawberry.ID
+    kind: QuestionKind
+    scorer: str
+    score: float
+    passed: bool
+
+
+@strawberry.type
+class ConnectionKeyResult:
+    attempt_id: strawberry.ID
+    score: float
+    passed: bool
+    unlock_state: UnlockState
+    breakdown: list[QuestionScore]
+    feedback: list[str]
+    retry_available_at: datetime | None
+
+    @classmethod
+    def of(cls, result: contract.ConnectionKeyResult) -> ConnectionKeyResult:
+        return cls(
+            attempt_id=strawberry.ID(str(result.attempt_id)),
+            score=result.score,
+            passed=result.passed,
+            unlock_state=result.unlock_state,
+            breakdown=[
+                QuestionScore(
+                    question_id=strawberry.ID(str(s.question_id)), kind=s.kind, scorer=s.scorer, score=s.score,
+                    passed=s.passed,
+                )
+                for s in result.breakdown
+            ],
+            feedback=result.feedback,
+            retry_available_at=result.retry_available_at,
+        )
+
+
+@strawberry.input
+class PromptInput:
+    question: str
+    answer: str
+
+
+@strawberry.input
+class ConsentPreferenceInput:
+    topic: str
+    statement: str
+
+
+@strawberry.input
+class ProfileInput:
+    display_name: str
+    bio: str | None = None
+    prompts: list[PromptInput]
+    consent_preferences: list[ConsentPreferenceInput]
+    locale: str | None = None
+
+    def as_struct_data(self) -> dict[str, object]:
+        """The camelCase mapping :class:`app.domain.quiz.ProfileInput` validates."""
+        return {
+            "displayName": self.display_name,
+            "bio": self.bio,
+            "prompts": [{"question": p.question, "answer": p.answer} for p in self.prompts],
+            "consentPreferences": [{"topic": c.topic, "statement": c.statement} for c in self.consent_preferences],
+            "locale": self.locale,
+        }
+
+
+@strawberry.type
+class Prompt:
+    question: str
+    answer: str
+
+
+@strawberry.type
+class ConsentPreference:
+    topic: str
+    statement: str
+
+
+@strawberry.type
+class Profile:
+    user_id: strawberry.ID
+    display_name: str
+    bio: str | None
+    prompts: list[Prompt]
+    consent_preferences: list[ConsentPreference]
+    locale: str | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ProfileRecord) -> Profile:
+        return cls(
+            user_id=strawberry.ID(str(record.user_id)),
+            display_name=record.display_name,
+            bio=record.bio,
+            prompts=[Prompt(question=p.question, answer=p.answer) for p in record.prompts],
+            consent_preferences=[
+                ConsentPreference(topic=c.topic, statement=c.statement) for c in record.consent_preferences
+            ],
+            locale=record.locale,
+            updated_at=record.updated_at,
+        )
+
+
+@strawberry.type
+class Conversation:
+    id: strawberry.ID
+    participant_ids: list[strawberry.ID]
+    unlock_state: UnlockState
+    unlocked_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ConversationRecord) -> Conversation:
+        return cls(
+            id=strawberry.ID(str(record.id)),
+            participant_ids=[strawberry.ID(str(p)) for p in record.participant_ids],
+            unlock_state=record.unlock_state,
+            unlocked_at=record.unlocked_at,
+            updated_at=record.updated_at,
+        )

@@ -1,0 +1,96 @@
+"""REST mirrors for backends and moderation tools. Thin: validate, authorise, call the use case."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Controller, get, post, put
+from litestar.di import Provide
+from litestar.response import Response
+
+from app.auth import Principal
+from app.api.rest.dependencies import provide_principal, provide_services
+from app.db.profile_store import ProfileRecord
+from app.domain.contract import (
+    ConnectionKeyPayload,
+    ConnectionKeyResponseInput,
+    ConnectionKeyResult,
+    CreateConnectionKeyInput,
+)
+from app.domain.quiz import ProfileInput
+from app.errors import ErrorCode, ServiceError
+from app.services.container import Services
+
+__all__ = ["ConnectionKeyController", "HealthController", "ProfileController"]
+
+_ERRORS = "Errors are application/problem+json with a `code` member."
+
+
+class ConnectionKeyController(Controller):
+    path = "/connection-keys"
+    tags = ["connection keys"]
+    dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
+
+    @post("/", status_code=201, summary="Issue a connection key", description=_ERRORS)
+    async def create(self, data: CreateConnectionKeyInput, principal: Principal, services: Services) -> ConnectionKeyPayload:
+        """Start a quiz about ``targetUserId``. A service-role caller may act for ``requesterUserId``."""
+        requester = principal.user_id
+        if data.requester_user_id is not None and data.requester_user_id != principal.user_id:
+            if not principal.is_service_role:
+                raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may act for another user.")
+            requester = data.requester_user_id
+        return await services.create_key(requester, data.target_user_id)
+
+    @post("/{key_id:uuid}/responses", status_code=201, summary="Submit answers", description=_ERRORS)
+    async def respond(
+        self, key_id: uuid.UUID, data: ConnectionKeyResponseInput, principal: Principal, services: Services
+    ) -> ConnectionKeyResult:
+        """Score the answers to key ``key_id``; a service-role caller may submit for the quiz's requester."""
+        return await services.submit_key(
+            principal.user_id, data, path_key_id=key_id, on_behalf=principal.is_service_role
+        )
+
+
+class ProfileController(Controller):
+    path = "/profiles"
+    tags = ["profiles"]
+    dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
+
+    @put("/{user_id:uuid}", summary="Create or replace a profile", description=_ERRORS)
+    async def upsert(self, user_id: uuid.UUID, data: ProfileInput, principal: Principal, services: Services) -> ProfileRecord:
+        """Sync a profile from the main app (service role), or write one's own."""
+        if not principal.is_service_role and principal.user_id != user_id:
+            raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may write another user's profile.")
+        return await services.profiles.upsert(user_id, data)
+
+
+class HealthController(Controller):
+    tags = ["operations"]
+
+    @get("/health", summary="Liveness", sync_to_thread=False)
+    def health(self) -> dict[str, str]:
+        """The process is up and serving requests."""
+        return {"status": "ok"}
+
+    @get("/ready", summary="Readiness")
+    async def ready(self, services: Services) -> Response[dict[str, Any]]:
+        """Database reachable, task queue and outbox relay running; 503 with the failing checks otherwise."""
+        checks = {
+            "database": await services.db.ping(),
+            "taskQueue": services.queue.running,
+            "outboxRelay": services.relay.running,
+        }
+        body: dict[str, Any] = {
+            "status": "ready" if all(checks.values()) else "not ready",
+            "checks": checks,
+            "backends": {
+                "database": "sqlite" if services.db.is_sqlite else "postgresql",
+                "cache": "memory", "rateLimit": "memory", "pubsub": "memory", "eventBus": "memory",
+            },
+            "queueDepth": services.queue.depth,
+            "scorers": sorted(services.scorers),
+        }
+        return Response(body, status_code=200 if all(checks.values()) else 503)
+
+    dependencies = {"services": Provide(provide_services, sync_to_thread=False)}

@@ -1,0 +1,74 @@
+"""Every REST error as ``application/problem+json`` (RFC 9457) with the same codes as GraphQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from app.errors import ErrorCode, ServiceError
+
+__all__ = ["PROBLEM_JSON", "exception_handlers", "problem"]
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger(__name__)
+
+_STATUS_CODES = {
+    400: ErrorCode.BAD_USER_INPUT,
+    401: ErrorCode.UNAUTHENTICATED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.BAD_USER_INPUT,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.BAD_USER_INPUT,
+    415: ErrorCode.BAD_USER_INPUT,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+
+def problem(request: Request[Any, Any, Any], status: int, code: ErrorCode, detail: str, **extra: Any) -> Response[Any]:
+    """Build a problem response; ``retryAfter`` also becomes a ``Retry-After`` header."""
+    headers = {"Retry-After": str(extra["retryAfter"])} if "retryAfter" in extra else None
+    body = {
+        "type": f"urn:connection-key:error:{code.value.lower()}",
+        "title": code.value.replace("_", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "code": code.value,
+        "instance": request.url.path,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
+    return problem(request, exc.code.http_status, exc.code, exc.message, **exc.extra)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors = exc.extra if isinstance(exc.extra, list) else None
+    detail = exc.detail or "Invalid request"
+    return problem(request, 400, ErrorCode.BAD_USER_INPUT, detail, **({"errors": errors} if errors else {}))
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status >= 500:
+        return _unexpected(request, exc)
+    return problem(request, status, _STATUS_CODES.get(status, ErrorCode.BAD_USER_INPUT), exc.detail or "Bad request")
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
+    return problem(request, 500, ErrorCode.INTERNAL, "Internal server error")
+
+
+exception_handlers: dict[Any, Any] = {
+    ServiceError: _service_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,105 @@
+"""Engine construction and binding: one engine per process, chosen by ``[database] url``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+
+from app.db.tables import ALL_TABLES
+from app.settings import DatabaseSettings
+
+__all__ = ["Database", "engine_from_url", "sqlite_path"]
+
+os.environ.setdefault("PICCOLO_CONF", "app.db.piccolo_conf")
+log = structlog.get_logger(__name__)
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///var/x.db`` -> ``var/x.db``; ``sqlite:////tmp/x.db`` -> ``/tmp/x.db``."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def engine_from_url(settings: DatabaseSettings) -> Engine:
+    """Build (but do not connect) the engine the URL names."""
+    if settings.url.startswith("sqlite://"):
+        return SQLiteEngine(
+            path=str(sqlite_path(settings.url)),
+            timeout=settings.sqlite_busy_timeout_seconds,
+            log_queries=False,
+        )
+    return PostgresEngine(config={"dsn": settings.url}, log_queries=False)
+
+
+class Database:
+    """The process's database: binds tables to the engine, owns the pool, runs migrations."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.engine = engine_from_url(settings)
+        self.is_sqlite = isinstance(self.engine, SQLiteEngine)
+
+    @property
+    def auto_migrate(self) -> bool:
+        return self.is_sqlite if self.settings.auto_migrate is None else self.settings.auto_migrate
+
+    def bind(self) -> None:
+        """Point every table, Piccolo's migration table and ``app.db.piccolo_conf.DB`` at this engine."""
+        for table in (*ALL_TABLES, Migration):
+            table._meta.db = self.engine
+        conf = sys.modules.get("app.db.piccolo_conf")
+        if conf is not None:
+            conf.DB = self.engine  # type: ignore[attr-defined]
+
+    async def start(self) -> None:
+        """Bind and connect. SQLite gets WAL so readers never wait for the writer."""
+        self.bind()
+        if self.is_sqlite:
+            sqlite_path(self.settings.url).parent.mkdir(parents=True, exist_ok=True)
+            await self.engine.run_ddl("PRAGMA journal_mode=WAL")
+        else:
+            await self.engine.start_connection_pool(
+                min_size=self.settings.pool_min_size, max_size=self.settings.pool_max_size
+            )
+
+    async def stop(self) -> None:
+        if not self.is_sqlite:
+            await self.engine.close_connection_pool()
+
+    async def ping(self) -> bool:
+        """``True`` when the database answers a trivial query."""
+        try:
+            await self.engine.run_ddl("SELECT 1")
+        except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
+            return False
+        return True
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations from ``piccolo_migrations/``; returns Piccolo's progress lines."""
+        from piccolo.apps.migrations.commands.forwards import run_forwards
+
+        self.bind()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            result = await run_forwards(app_name="connection_key")
+        lines = [line for line in out.getvalue().splitlines() if line.strip()]
+        if not result.success:
+            raise RuntimeError(f"migrations failed: {result.message}")
+        log.info("migrations applied", steps=len(lines))
+        return lines
+
+    def transaction(self) -> Any:
+        """A write transaction. On SQLite it takes the write lock at BEGIN (``IMMEDIATE``), so two
+        writers queue on the busy timeout instead of failing on lock upgrade."""
+        if self.is_sqlite:
+            return self.engine.transaction(transaction_type=TransactionType.immediate)
+        return self.engine.transaction()

@@ -1,0 +1,112 @@
+"""Builds every long-lived resource and use case from settings, as one async context manager."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from app.adapters.cache import Cache, MemoryCache
+from app.adapters.event_bus import EventBus, MemoryEventBus
+from app.adapters.pubsub import MemoryPubSub, PubSub
+from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter
+from app.adapters.task_queue import TaskQueue
+from app.auth import JwtVerifier
+from app.db.engine import Database
+from app.db.key_store import KeyStore
+from app.db.outbox_store import OutboxStore
+from app.db.profile_store import ProfileStore
+from app.db.tables import utcnow
+from app.db.template_store import TemplateStore
+from app.domain.signing import PayloadSigner
+from app.services.create_key import CreateConnectionKey, KeyDependencies
+from app.services.outbox_relay import OutboxRelay
+from app.services.profiles import ProfileService
+from app.services.scoring_runner import ScoringRunner
+from app.services.submit_key import SubmitConnectionKey
+from app.services.template_library import TemplateLibrary
+from app.services.unlock_orchestrator import CONSUMER_GROUP, UnlockOrchestrator
+from app.settings import Settings
+from plugins.manager import build_plugin_manager, collect_scorers
+from plugins.scorer import Scorer
+
+__all__ = ["Services", "open_services"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a request handler or CLI command may use, built once per process."""
+
+    settings: Settings
+    db: Database
+    cache: Cache
+    limiter: RateLimiter
+    pubsub: PubSub
+    bus: EventBus
+    queue: TaskQueue
+    relay: OutboxRelay
+    verifier: JwtVerifier
+    scorers: dict[str, Scorer]
+    templates: TemplateLibrary
+    profile_store: ProfileStore
+    key_store: KeyStore
+    profiles: ProfileService
+    create_key: CreateConnectionKey
+    submit_key: SubmitConnectionKey
+    orchestrator: UnlockOrchestrator
+    clock: Callable[[], datetime]
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, *, background: bool = True
+) -> AsyncIterator[Services]:
+    """Open the database (migrating and loading templates when configured), the adapters, the task
+    queue, the outbox relay and the consumers; close them in reverse order.
+
+    ``background=False`` (CLI commands) skips the task queue workers and the relay loop.
+    """
+    scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled))
+    runner = ScoringRunner(scorers, settings.scoring)  # fails fast on a bad route, before connecting
+    async with contextlib.AsyncExitStack() as stack:
+        db = Database(settings.database)
+        await db.start()
+        stack.push_async_callback(db.stop)
+        templates = TemplateLibrary(TemplateStore(), settings.quiz.locale, settings.quiz.template_cache_seconds)
+        if db.auto_migrate:
+            await db.migrate()
+            count = await templates.load_files(settings.quiz.templates_dir, clock)
+            log.info("template library loaded", templates=count)
+        cache = await stack.enter_async_context(MemoryCache())
+        limiter = await stack.enter_async_context(MemoryRateLimiter())
+        pubsub = await stack.enter_async_context(MemoryPubSub())
+        bus = await stack.enter_async_context(MemoryEventBus())
+        verifier = JwtVerifier(settings.auth)
+        stack.push_async_callback(verifier.aclose)
+        profile_store, key_store, outbox = ProfileStore(), KeyStore(), OutboxStore()
+        relay = OutboxRelay(outbox, bus, clock)
+        deps = KeyDependencies(
+            settings=settings, db=db, profiles=profile_store, keys=key_store, outbox=outbox, cache=cache,
+            limiter=limiter, signer=PayloadSigner(settings.signing.keys, settings.signing.active_key_id,
+                                                  settings.signing.ttl_seconds),
+            clock=clock, on_events_written=relay.wake,
+        )
+        orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
+        bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
+        queue = TaskQueue(settings.queue.max_size, settings.queue.workers)
+        if background:
+            await stack.enter_async_context(queue)
+            await stack.enter_async_context(relay)
+        log.info("services started", database="sqlite" if db.is_sqlite else "postgresql", scorers=sorted(scorers))
+        yield Services(
+            settings=settings, db=db, cache=cache, limiter=limiter, pubsub=pubsub, bus=bus, queue=queue,
+            relay=relay, verifier=verifier, scorers=scorers, templates=templates, profile_store=profile_store,
+            key_store=key_store, profiles=ProfileService(profile_store, clock),
+            create_key=CreateConnectionKey(deps, templates, queue), submit_key=SubmitConnectionKey(deps, runner),
+            orchestrator=orchestrator, clock=clock,
+        )

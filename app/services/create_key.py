@@ -1,0 +1,152 @@
+"""Use case: issue a connection key (a signed quiz) from a requester to a target."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+import structlog
+
+from app.adapters.cache import Cache
+from app.adapters.rate_limit import RateLimiter
+from app.adapters.task_queue import QueueFull, TaskQueue
+from app.db.engine import Database
+from app.db.key_store import KeyStore
+from app.db.outbox_store import OutboxStore, new_envelope
+from app.db.profile_store import ProfileRecord, ProfileStore
+from app.domain.contract import ConnectionKeyPayload, PublicQuestion
+from app.domain.events import EventType, KeyCreated
+from app.domain.generation import GenerationError, QuizShape, generate_quiz
+from app.domain.quiz import IssuedQuiz, UnlockState
+from app.domain.signing import PayloadSigner
+from app.domain.unlock_rules import WINDOW, RetryPolicy, may_start_attempt
+from app.errors import ErrorCode, ServiceError
+from app.services.limits import enforce_limit
+from app.services.template_library import TemplateLibrary
+from app.settings import Settings
+
+__all__ = ["CreateConnectionKey", "KeyDependencies", "public_payload", "quiz_cache_key"]
+
+log = structlog.get_logger(__name__)
+
+
+def quiz_cache_key(key_id: uuid.UUID) -> str:
+    return f"quiz:{key_id}"
+
+
+def public_payload(quiz: IssuedQuiz) -> ConnectionKeyPayload:
+    """The client's view of a quiz: questions without answer keys, and the signed payload."""
+    return ConnectionKeyPayload(
+        id=quiz.key_id,
+        conversation_id=quiz.conversation_id,
+        target_user_id=quiz.target_id,
+        questions=[PublicQuestion(q.id, q.kind, q.prompt, q.choices) for q in quiz.questions],
+        signed_payload=quiz.signed_payload,
+        expires_at=quiz.expires_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDependencies:
+    """What the create and submit use cases share."""
+
+    settings: Settings
+    db: Database
+    profiles: ProfileStore
+    keys: KeyStore
+    outbox: OutboxStore
+    cache: Cache
+    limiter: RateLimiter
+    signer: PayloadSigner
+    clock: Callable[[], datetime]
+    on_events_written: Callable[[], None]
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        retry = self.settings.retry
+        return RetryPolicy(retry.cooldown_seconds, retry.max_attempts_per_day)
+
+
+class CreateConnectionKey:
+    """Checks, then generates on the task queue: limits, target, conversation state, retry policy."""
+
+    def __init__(self, deps: KeyDependencies, library: TemplateLibrary, queue: TaskQueue) -> None:
+        self._deps = deps
+        self._library = library
+        self._queue = queue
+        self._encoder = msgspec.json.Encoder()
+        quiz = deps.settings.quiz
+        self._shape = QuizShape(
+            quiz.comprehension_questions, quiz.consent_questions, quiz.free_response_questions, quiz.choices_per_question
+        )
+
+    async def __call__(self, requester_id: uuid.UUID, target_id: uuid.UUID) -> ConnectionKeyPayload:
+        deps = self._deps
+        if requester_id == target_id:
+            raise ServiceError(ErrorCode.BAD_USER_INPUT, "You cannot take your own quiz.", field="targetUserId")
+        if deps.settings.rate_limit.enabled:
+            limits = deps.settings.rate_limit
+            await enforce_limit(deps.limiter, f"create:user:{requester_id}", limits.create_per_user_per_minute)
+            await enforce_limit(
+                deps.limiter, f"create:pair:{requester_id}:{target_id}", limits.create_per_target_per_minute
+            )
+        target = await deps.profiles.get_profile(target_id)
+        if target is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "That person has no Connection Key profile.", field="targetUserId")
+        now = deps.clock()
+        conversation = await deps.profiles.get_or_create_conversation(requester_id, target_id, now)
+        if conversation.unlock_state is UnlockState.UNLOCKED:
+            raise ServiceError(ErrorCode.CONFLICT, "This conversation is already unlocked.")
+        failures = await deps.keys.recent_failures(requester_id, conversation.id, now - WINDOW)
+        retry_at = may_start_attempt(failures, now, deps.retry_policy)
+        if retry_at is not None:
+            raise ServiceError(
+                ErrorCode.RATE_LIMITED,
+                "Take a moment before trying this quiz again.",
+                retryAfter=max(1, int((retry_at - now).total_seconds() + 0.999)),
+                retryAvailableAt=retry_at.isoformat(),
+            )
+        try:
+            quiz = await self._queue.run(
+                lambda: self._generate(requester_id, target, conversation.id),
+                deps.settings.queue.job_timeout_seconds,
+            )
+        except QueueFull:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "Quiz generation is busy; try again shortly.") from None
+        except TimeoutError:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "Quiz generation took too long; try again.") from None
+        return public_payload(quiz)
+
+    async def _generate(self, requester_id: uuid.UUID, target: ProfileRecord, conversation_id: uuid.UUID) -> IssuedQuiz:
+        deps = self._deps
+        templates = await self._library.for_locale(target.locale)
+        difficulty = deps.settings.quiz.default_difficulty
+        try:
+            questions = generate_quiz(target.as_target(), templates, self._shape, difficulty, random.Random())
+        except GenerationError as exc:
+            log.error("quiz generation failed", reason=str(exc))
+            raise ServiceError(ErrorCode.UNAVAILABLE, "A quiz could not be generated right now.") from None
+        now = deps.clock()
+        key_id = uuid.uuid4()
+        claims = deps.signer.claims_for(
+            key_id=key_id, conversation_id=conversation_id, requester_id=requester_id, target_id=target.user_id,
+            question_ids=[q.id for q in questions], now=now,
+        )
+        quiz = IssuedQuiz(
+            key_id=key_id, conversation_id=conversation_id, requester_id=requester_id, target_id=target.user_id,
+            target_name=target.display_name, difficulty=difficulty, questions=questions,
+            signed_payload=deps.signer.sign(claims), issued_at=now, expires_at=claims.expires_at_datetime,
+        )
+        event = KeyCreated(key_id, conversation_id, requester_id, target.user_id, quiz.expires_at)
+        async with deps.db.transaction():
+            await deps.keys.supersede_open_keys(requester_id, conversation_id)
+            await deps.keys.insert_quiz(quiz, deps.signer.active_key_id)
+            await deps.outbox.append([new_envelope(EventType.KEY_CREATED, conversation_id, event, now)])
+        deps.on_events_written()
+        await deps.cache.set(quiz_cache_key(key_id), self._encoder.encode(quiz), deps.signer.ttl_seconds)
+        log.info("connection key issued", key_id=str(key_id), questions=len(questions))
+        return quiz

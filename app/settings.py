@@ -1,0 +1,302 @@
+"""Typed settings: ``litestar.toml`` overlaid with ``CK_<SECTION>__<KEY>`` environment variables.
+
+One msgspec Struct per subsystem. Unknown keys and wrong types stop start-up with a message that
+names the offending key, because a typo in production config must never silently fall back to a
+default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "AuthSettings",
+    "DatabaseSettings",
+    "LoggingSettings",
+    "PluginSettings",
+    "QueueSettings",
+    "QuizSettings",
+    "RateLimitSettings",
+    "RetrySettings",
+    "ScoringSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "SigningSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "CK_"
+SETTINGS_FILE_ENV = "CK_SETTINGS_FILE"
+DEFAULT_SETTINGS_FILE = "litestar.toml"
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base for settings sections: unknown keys are an error, values are immutable."""
+
+
+class ServerSettings(_Section):
+    """How the HTTP service presents itself."""
+
+    environment: Literal["development", "test", "production"] = "development"
+    """``development`` enables GraphiQL and the dev-only CLI commands (mint-token, answer-sheet)."""
+    max_body_bytes: PositiveInt = 64 * 1024
+    """Largest accepted request body; larger bodies get 413 before any parsing."""
+    graphql_path: str = "/graphql"
+    """Where the GraphQL endpoint (and GraphiQL in development) is served."""
+
+
+class DatabaseSettings(_Section):
+    """Where state lives."""
+
+    url: str = "sqlite:///var/connection_key.sqlite3"
+    """``sqlite:///relative/path`` (or ``sqlite:////absolute``) or ``postgresql://...``."""
+    auto_migrate: bool | None = None
+    """Apply pending migrations and load templates at start-up. ``None`` means: yes for SQLite,
+    no for PostgreSQL (there it is an explicit ``litestar ck migrate`` step)."""
+    pool_min_size: PositiveInt = 2
+    """PostgreSQL connection pool lower bound."""
+    pool_max_size: PositiveInt = 10
+    """PostgreSQL connection pool upper bound."""
+    sqlite_busy_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    """How long a SQLite writer waits for the write lock before giving up."""
+
+
+class AuthSettings(_Section):
+    """Supabase JWT verification."""
+
+    jwt_secret: str = "dev-only-supabase-jwt-secret-change-me-0123456789"
+    """HS256 project secret. The default is refused outside development."""
+    jwks_url: str | None = None
+    """JWKS endpoint for ES256/RS256 tokens (e.g. ``https://<project>.supabase.co/auth/v1/.well-known/jwks.json``)."""
+    jwks_file: str | None = None
+    """A JWKS JSON file, for deployments that pin keys or have no route to the JWKS URL."""
+    jwks_cache_seconds: PositiveInt = 600
+    """How long fetched JWKS keys are trusted before a refresh."""
+    algorithms: list[Literal["HS256", "ES256", "RS256"]] = msgspec.field(
+        default_factory=lambda: ["HS256", "ES256", "RS256"]
+    )
+    """Accepted ``alg`` values. ``none`` can never be configured."""
+    audience: str = "authenticated"
+    """Required ``aud`` claim."""
+    issuer: str | None = None
+    """Required ``iss`` claim when set."""
+    leeway_seconds: Annotated[int, Meta(ge=0, le=300)] = 30
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    service_role: str = "service_role"
+    """``role`` claim value that marks backend integrations allowed to act for other users."""
+
+
+class SigningSettings(_Section):
+    """HMAC signing of quiz payloads."""
+
+    ttl_seconds: Annotated[int, Meta(ge=10, le=3600)] = 300
+    """How long a signed payload can be submitted after issue."""
+    active_key_id: str = "dev-1"
+    """Key id used to sign new payloads; must be present in ``keys``."""
+    keys: dict[str, str] = msgspec.field(
+        default_factory=lambda: {"dev-1": "dev-only-signing-key-change-me-0123456789abcdef"}
+    )
+    """Key id -> secret (at least 32 characters). Keep retired keys here until their payloads expire."""
+
+
+class QuizSettings(_Section):
+    """Shape of a generated quiz."""
+
+    comprehension_questions: Annotated[int, Meta(ge=0, le=10)] = 2
+    """Comprehension items drawn from the target's prompts."""
+    consent_questions: Annotated[int, Meta(ge=0, le=10)] = 2
+    """Consent items drawn from the target's consent preferences."""
+    free_response_questions: Annotated[int, Meta(ge=0, le=3)] = 1
+    """Free-response items."""
+    choices_per_question: Annotated[int, Meta(ge=2, le=6)] = 4
+    """Choices in each multiple-choice item, the right one included."""
+    default_difficulty: Annotated[int, Meta(ge=1, le=5)] = 2
+    """Difficulty used when a user has no history to adapt to."""
+    locale: str = "en"
+    """Template locale used when the target's locale has no templates."""
+    template_cache_seconds: PositiveInt = 60
+    """How long the in-process copy of the template library is reused."""
+    templates_dir: str = "templates/library"
+    """Seed files (``*.toml``) for ``litestar ck load-templates``; relative paths are from the project root."""
+
+
+class ScoringSettings(_Section):
+    """How answers become a decision."""
+
+    pass_threshold: Fraction = 0.8
+    """Weighted total needed to pass."""
+    question_pass_threshold: Fraction = 0.5
+    """Score at which a single question counts as passed in the breakdown."""
+    weights: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], Annotated[float, Meta(ge=0)]] = (
+        msgspec.field(default_factory=lambda: {"COMPREHENSION": 1.0, "CONSENT": 1.5, "FREE_RESPONSE": 0.5})
+    )
+    """Weight of each question kind in the total."""
+    routes: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], str] = msgspec.field(
+        default_factory=lambda: {
+            "COMPREHENSION": "rule.choice",
+            "CONSENT": "rule.choice",
+            "FREE_RESPONSE": "rule.free_response",
+        }
+    )
+    """Question kind -> registered scorer name."""
+    timeout_seconds: Annotated[float, Meta(gt=0)] = 5.0
+    """A scorer that takes longer fails that question (typed, logged), never passes it."""
+    consent_must_all_pass: bool = True
+    """Fail the attempt when any consent item is missed, whatever the total."""
+
+
+class RetrySettings(_Section):
+    """What happens after a failed attempt."""
+
+    cooldown_seconds: Annotated[int, Meta(ge=0)] = 60
+    """Wait between a failed attempt and the next one."""
+    max_attempts_per_day: PositiveInt = 3
+    """Failed attempts per requester and conversation in a rolling 24 h window before COOLDOWN."""
+
+
+class QueueSettings(_Section):
+    """The in-process task queue that generates quizzes."""
+
+    max_size: PositiveInt = 256
+    """Jobs waiting beyond this are refused with UNAVAILABLE (back-pressure, not a hang)."""
+    workers: PositiveInt = 4
+    """Concurrent generation jobs."""
+    job_timeout_seconds: Annotated[float, Meta(gt=0)] = 10.0
+    """A caller waits at most this long for its job."""
+
+
+class RateLimitSettings(_Section):
+    """Request limits (in memory now; Redis-backed later)."""
+
+    enabled: bool = True
+    """Turn all limits off (benchmarks, trusted backends)."""
+    create_per_user_per_minute: PositiveInt = 30
+    """createConnectionKey calls per requester per minute."""
+    create_per_target_per_minute: PositiveInt = 10
+    """createConnectionKey calls per requester and target per minute."""
+    submit_per_user_per_minute: PositiveInt = 30
+    """submitConnectionKey calls per requester per minute."""
+
+
+class PluginSettings(_Section):
+    """Which plugins load."""
+
+    enabled: list[str] | None = None
+    """Entry-point names to load; ``None`` loads every installed plugin."""
+
+
+class LoggingSettings(_Section):
+    """structlog output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Minimum level written."""
+    json: bool = True
+    """JSON lines (production) or coloured console output."""
+
+
+class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """All settings, one section per subsystem."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    signing: SigningSettings = msgspec.field(default_factory=SigningSettings)
+    quiz: QuizSettings = msgspec.field(default_factory=QuizSettings)
+    scoring: ScoringSettings = msgspec.field(default_factory=ScoringSettings)
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+    @property
+    def is_development(self) -> bool:
+        return self.server.environment == "development"
+
+
+class SettingsError(ValueError):
+    """Raised when settings cannot be loaded; the message names the offending key."""
+
+
+def _env_value(raw: str) -> Any:
+    # Structured values (lists, tables) come as JSON; scalars stay strings and msgspec's
+    # lax conversion turns "30" into 30 and "true" into True against the field's type.
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"not valid JSON: {exc}") from exc
+    if stripped.lower() in ("null", "none"):
+        return None
+    return raw
+
+
+def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == SETTINGS_FILE_ENV or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        section, key = section.lower(), key.lower()
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise SettingsError(f"settings key `{section}` is not a section (from {name})")
+        try:
+            target[key] = _env_value(raw)
+        except SettingsError as exc:
+            raise SettingsError(f"{name}: {exc}") from exc
+    return data
+
+
+def _validate(settings: Settings) -> None:
+    signing = settings.signing
+    if signing.active_key_id not in signing.keys:
+        raise SettingsError(f"signing.active_key_id `{signing.active_key_id}` is not in signing.keys")
+    for kid, secret in signing.keys.items():
+        if len(secret) < 32:
+            raise SettingsError(f"signing.keys.{kid} must be at least 32 characters")
+    if len(settings.auth.jwt_secret) < 32:
+        raise SettingsError("auth.jwt_secret must be at least 32 characters")
+    if settings.server.environment == "production":
+        defaults = Settings()
+        if settings.auth.jwt_secret == defaults.auth.jwt_secret:
+            raise SettingsError("auth.jwt_secret still has the development default in production")
+        if set(signing.keys.values()) & set(defaults.signing.keys.values()):
+            raise SettingsError("signing.keys still holds the development default in production")
+    if settings.database.pool_min_size > settings.database.pool_max_size:
+        raise SettingsError("database.pool_min_size is larger than database.pool_max_size")
+    if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise SettingsError("database.url must start with sqlite:// or postgresql://")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (``CK_SETTINGS_FILE`` or ``./litestar.toml``; absent is fine), overlay
+    ``CK_<SECTION>__<KEY>`` variables and validate. Raises :class:`SettingsError` naming the key."""
+    environ = dict(os.environ if environ is None else environ)
+    file = Path(path or environ.get(SETTINGS_FILE_ENV) or DEFAULT_SETTINGS_FILE)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file}: {exc}") from exc
+    elif path is not None or SETTINGS_FILE_ENV in environ:
+        raise SettingsError(f"settings file {file} does not exist")
+    data = _overlay_env(data, environ)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid settings in {file} or CK_* environment: {exc}") from exc
+    _validate(settings)
+    return settings
