@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from litestar import Litestar
 
+from app.observability import route_server_logs
 from app.services.container import open_services
 from app.settings import Settings
 
@@ -18,6 +19,7 @@ def services_lifespan(settings: Settings) -> Callable[[Litestar], contextlib.Abs
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        route_server_logs()  # uvicorn configured its loggers after create_app ran
         async with open_services(settings) as services:
             app.state.services = services
             try:

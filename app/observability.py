@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ _SENSITIVE = re.compile(
     re.IGNORECASE,
 )
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_access = structlog.get_logger("connection_key.access")
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +61,17 @@ def configure_logging(settings: LoggingSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    route_server_logs()
+
+
+def route_server_logs() -> None:
+    """Send uvicorn's own loggers through the structlog renderer; its access log is replaced by the
+    request line the middleware writes (which carries the request id and no client address)."""
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -74,14 +87,24 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         )
         request_id = supplied if _VALID_REQUEST_ID.match(supplied) else str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER.encode(), request_id.encode())]
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await app(scope, receive, send_with_id)
+            try:
+                await app(scope, receive, send_with_id)
+            finally:
+                if scope["type"] == "http":
+                    _access.info(
+                        "request", method=scope["method"], path=scope["path"], status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
 
     return middleware

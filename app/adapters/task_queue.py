@@ -12,7 +12,6 @@ import structlog
 __all__ = ["QueueFull", "TaskQueue"]
 
 T = TypeVar("T")
-log = structlog.get_logger(__name__)
 
 
 class QueueFull(Exception):
@@ -27,7 +26,9 @@ class TaskQueue:
     """
 
     def __init__(self, max_size: int, workers: int) -> None:
-        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = asyncio.Queue(max_size)
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any], dict[str, Any]]] = (
+            asyncio.Queue(max_size)
+        )
         self._workers_count = workers
         self._workers: list[asyncio.Task[None]] = []
         self.max_size = max_size
@@ -43,7 +44,7 @@ class TaskQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
+            _, future, _ = self._queue.get_nowait()
             future.cancel()
 
     @property
@@ -60,7 +61,8 @@ class TaskQueue:
         ``TimeoutError`` when the job has not finished within ``timeout`` seconds."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((job, future))
+            # The job logs with the caller's request id although a worker task runs it.
+            self._queue.put_nowait((job, future, structlog.contextvars.get_contextvars()))
         except asyncio.QueueFull:
             raise QueueFull from None
         try:
@@ -71,12 +73,13 @@ class TaskQueue:
 
     async def _work(self) -> None:
         while True:
-            job, future = await self._queue.get()
+            job, future, log_context = await self._queue.get()
             try:
                 if future.cancelled():
                     continue
                 try:
-                    result = await job()
+                    with structlog.contextvars.bound_contextvars(**log_context):
+                        result = await job()
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                     if not future.done():
                         future.set_exception(exc)

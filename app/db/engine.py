@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,10 @@ class Database:
         """Point every table, Piccolo's migration table and ``app.db.piccolo_conf.DB`` at this engine."""
         for table in (*ALL_TABLES, Migration):
             table._meta.db = self.engine
-        conf = sys.modules.get("app.db.piccolo_conf")
-        if conf is not None:
-            conf.DB = self.engine  # type: ignore[attr-defined]
+        # Piccolo's migration machinery creates its own table classes that look the engine up in the
+        # conf module, so the conf module must name this engine too.
+        conf = importlib.import_module(os.environ["PICCOLO_CONF"])
+        conf.DB = self.engine  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         """Bind and connect. SQLite gets WAL so readers never wait for the writer."""

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
-
 import strawberry
-from litestar import Request
+from litestar.datastructures import Headers, State
 from strawberry.litestar import BaseContext
 
 from app.auth import Principal
@@ -38,9 +36,10 @@ class GraphQLContext(BaseContext, kw_only=True):
 Info = strawberry.Info[GraphQLContext, None]
 
 
-async def context_getter(request: Request[Any, Any, Any]) -> GraphQLContext:
-    """Litestar dependency building the context from app state and the Authorization header."""
-    services = request.app.state.services
+async def context_getter(state: State, headers: Headers) -> GraphQLContext:
+    """Litestar dependency (HTTP and WebSocket alike) building the context from app state and the
+    Authorization header."""
+    services = state.get("services")
     if services is None:
         raise ServiceError(ErrorCode.UNAVAILABLE, "The service is starting.")
-    return GraphQLContext(services=services, authorization=request.headers.get("authorization"))
+    return GraphQLContext(services=services, authorization=headers.get("authorization"))

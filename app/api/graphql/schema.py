@@ -22,5 +22,5 @@ def build_schema() -> strawberry.Schema:
     return _Schema(
         query=Query,
         mutation=Mutation,
-        extensions=[ErrorCodes, ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+        extensions=[ErrorCodes, lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
     )

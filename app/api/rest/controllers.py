@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from litestar import Controller, get, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from app.auth import Principal
@@ -33,7 +34,7 @@ class ConnectionKeyController(Controller):
     dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
 
     @post("/", status_code=201, summary="Issue a connection key", description=_ERRORS)
-    async def create(self, data: CreateConnectionKeyInput, principal: Principal, services: Services) -> ConnectionKeyPayload:
+    async def create(self, data: JSONBody[CreateConnectionKeyInput], principal: NamedDependency[Principal], services: NamedDependency[Services]) -> ConnectionKeyPayload:
         """Start a quiz about ``targetUserId``. A service-role caller may act for ``requesterUserId``."""
         requester = principal.user_id
         if data.requester_user_id is not None and data.requester_user_id != principal.user_id:
@@ -44,7 +45,8 @@ class ConnectionKeyController(Controller):
 
     @post("/{key_id:uuid}/responses", status_code=201, summary="Submit answers", description=_ERRORS)
     async def respond(
-        self, key_id: uuid.UUID, data: ConnectionKeyResponseInput, principal: Principal, services: Services
+        self, key_id: FromPath[uuid.UUID], data: JSONBody[ConnectionKeyResponseInput], principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
     ) -> ConnectionKeyResult:
         """Score the answers to key ``key_id``; a service-role caller may submit for the quiz's requester."""
         return await services.submit_key(
@@ -58,7 +60,7 @@ class ProfileController(Controller):
     dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
 
     @put("/{user_id:uuid}", summary="Create or replace a profile", description=_ERRORS)
-    async def upsert(self, user_id: uuid.UUID, data: ProfileInput, principal: Principal, services: Services) -> ProfileRecord:
+    async def upsert(self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileInput], principal: NamedDependency[Principal], services: NamedDependency[Services]) -> ProfileRecord:
         """Sync a profile from the main app (service role), or write one's own."""
         if not principal.is_service_role and principal.user_id != user_id:
             raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may write another user's profile.")
@@ -74,7 +76,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", summary="Readiness")
-    async def ready(self, services: Services) -> Response[dict[str, Any]]:
+    async def ready(self, services: NamedDependency[Services]) -> Response[dict[str, Any]]:
         """Database reachable, task queue and outbox relay running; 503 with the failing checks otherwise."""
         checks = {
             "database": await services.db.ping(),

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from app.auth import Principal
 from app.errors import ErrorCode, ServiceError
@@ -21,6 +22,6 @@ def provide_services(state: State) -> Services:
     return services
 
 
-async def provide_principal(request: Request[Any, Any, Any], services: Services) -> Principal:
+async def provide_principal(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Principal:
     """The verified caller (UNAUTHENTICATED otherwise)."""
     return await services.verifier.verify_authorization_header(request.headers.get("authorization"))

@@ -1,0 +1,33 @@
+"""The baseline: a bare Litestar app with one POST endpoint taking a small msgspec Struct body.
+
+Run exactly like the service (``litestar --app bench.bare_app:app run --port PORT``, pinned with
+``taskset -c 0``) so the difference between the two is what Connection Key itself costs: auth,
+GraphQL, the use case, SQLite and the outbox.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Litestar, post
+from msgspec import Struct
+
+__all__ = ["app"]
+
+
+class EchoIn(Struct, frozen=True, rename="camel"):
+    target_user_id: uuid.UUID
+    note: str = ""
+
+
+class EchoOut(Struct, frozen=True, rename="camel"):
+    target_user_id: uuid.UUID
+    ok: bool
+
+
+@post("/echo", status_code=201)
+async def echo(data: EchoIn) -> EchoOut:
+    return EchoOut(target_user_id=data.target_user_id, ok=True)
+
+
+app = Litestar(route_handlers=[echo])

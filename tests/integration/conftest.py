@@ -1,0 +1,148 @@
+"""A running app (lifespan included) and a small client that speaks its GraphQL and REST APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from litestar import Litestar
+
+from app import create_app
+from app.auth import mint_token
+from app.db.tables import ConnectionKeyQuestion
+from app.services.container import Services
+from app.settings import Settings
+
+
+class Api:
+    """Test client helpers; each user is a UUID with its own token."""
+
+    def __init__(self, app: Litestar, client: httpx.AsyncClient, settings: Settings) -> None:
+        self.app = app
+        self.client = client
+        self.settings = settings
+
+    @property
+    def services(self) -> Services:
+        return self.app.state.services
+
+    def token(self, user_id: uuid.UUID, **kwargs: Any) -> str:
+        return mint_token(self.settings.auth.jwt_secret, user_id, audience=self.settings.auth.audience, **kwargs)
+
+    def headers(self, user_id: uuid.UUID | None, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user_id, **kwargs)}"} if user_id else {}
+
+    async def gql(self, query: str, user_id: uuid.UUID | None = None, **variables: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/graphql", json={"query": query, "variables": variables}, headers=self.headers(user_id)
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def upsert_profile(self, user_id: uuid.UUID, name: str, prompts: int = 3, consents: int = 3) -> None:
+        profile = {
+            "displayName": name,
+            "bio": f"{name} likes tests",
+            "prompts": [{"question": f"Prompt {i} of {name}", "answer": f"{name}'s own answer number {i}"}
+                        for i in range(prompts)],
+            "consentPreferences": [{"topic": f"topic {i}", "statement": f"{name}'s boundary number {i}"}
+                                   for i in range(consents)],
+            "locale": "en",
+        }
+        result = await self.gql(
+            "mutation($input: ProfileInput!) { upsertMyProfile(input: $input) { userId } }", user_id, input=profile
+        )
+        assert "errors" not in result, result
+
+    async def create_key(self, requester: uuid.UUID, target: uuid.UUID) -> dict[str, Any]:
+        result = await self.gql(
+            """mutation($target: ID!) { createConnectionKey(targetUserId: $target) {
+                 id conversationId targetUserId signedPayload expiresAt questions { id kind prompt choices } } }""",
+            requester, target=str(target),
+        )
+        assert "errors" not in result, result
+        return result["data"]["createConnectionKey"]
+
+    async def answers(self, payload: dict[str, Any], correct: bool = True) -> list[dict[str, Any]]:
+        """Answers built from the server-side answer keys (which the API never returns)."""
+        keys = {
+            str(row["id"]): row["answer_key"]
+            for row in await ConnectionKeyQuestion.select().where(
+                ConnectionKeyQuestion.connection_key_id == uuid.UUID(payload["id"])
+            ).run()
+        }
+        answers = []
+        for question in payload["questions"]:
+            if question["choices"] is None:
+                value = "I would love to hear how you got into that." if correct else "ok"
+            elif correct:
+                value = keys[question["id"]]
+            else:
+                value = next(c for c in question["choices"] if c != keys[question["id"]])
+            answers.append({"questionId": question["id"], "value": value, "elapsedMs": 1500})
+        return answers
+
+    async def submit(self, user_id: uuid.UUID, signed_payload: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.gql(
+            """mutation($input: ConnectionKeyResponseInput!) { submitConnectionKey(input: $input) {
+                 attemptId score passed unlockState retryAvailableAt feedback
+                 breakdown { questionId kind scorer score passed } } }""",
+            user_id, input={"signedPayload": signed_payload, "answers": answers},
+        )
+
+    async def eventually(self, check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+        """Wait for the asynchronous consumer to catch up (bounded)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await check():
+            assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture
+async def api_factory() -> AsyncIterator[Callable[[Settings], Awaitable[Api]]]:
+    """Start apps with given settings; all are shut down (lifespan exit) after the test.
+
+    The lifespan runs in the test's own event loop (not a portal thread), so connection pools and
+    direct table queries in tests share one loop.
+    """
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def serve(app: Litestar, started: asyncio.Event, stop: asyncio.Event) -> None:
+        # One task enters and exits the lifespan: its task groups must not cross tasks.
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(settings: Settings) -> Api:
+            app = create_app(settings)
+            started, stop = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(serve(app, started, stop))
+            running.append((stop, task))
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                waiter.cancel()
+                task.result()  # start-up failed: raise its error here
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+            )
+            return Api(app, client, settings)
+
+        try:
+            yield start
+        finally:
+            for stop, task in reversed(running):
+                stop.set()
+                await task
+
+
+@pytest_asyncio.fixture
+async def api(api_factory: Callable[[Settings], Awaitable[Api]], settings: Settings) -> Api:
+    return await api_factory(settings)
