@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             security=[{"bearer": []}],
         ),
+        logging_config=None,  # structlog (app.observability) owns logging
         debug=False,
     )

@@ -1,0 +1,227 @@
+"""ScoringRunner: routing checked at construction; plugin failures become typed outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from app.domain.contract import AnswerInput
+from app.domain.quiz import GeneratedQuestion, IssuedQuiz, QuestionKind
+from app.services.scoring_runner import ScorerRoutingError, ScoringRunner
+from app.settings import ScoringSettings
+from plugins.scorer import ScoreRequest, ScoreResult
+from scorers.rule import ChoiceScorer, FreeResponseRuleScorer
+
+C, K, F = QuestionKind.COMPREHENSION, QuestionKind.CONSENT, QuestionKind.FREE_RESPONSE
+NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
+SETTINGS = msgspec.structs.replace(ScoringSettings(), timeout_seconds=0.2)
+FREE_TEXT = "I would love to hear about your favourite road trip so far."
+
+
+def question(position: int, kind: QuestionKind, key: str | None) -> GeneratedQuestion:
+    return GeneratedQuestion(
+        id=uuid.UUID(int=100 + position), position=position, kind=kind, prompt=f"Question {position}?",
+        choices=None if key is None else [key, "Something else", "Another thing"], answer_key=key,
+        template_key="t", variant=0, difficulty=2, topic="topic",
+    )
+
+
+QUESTIONS = [question(0, C, "Baking bread"), question(1, K, "Ask before calling"), question(2, F, None)]
+QUIZ = IssuedQuiz(
+    key_id=uuid.uuid4(), conversation_id=uuid.uuid4(), requester_id=uuid.uuid4(), target_id=uuid.uuid4(),
+    target_name="Ada", difficulty=2, questions=QUESTIONS, signed_payload="v1.x.y.z", issued_at=NOW,
+    expires_at=NOW + timedelta(minutes=5),
+)
+
+
+def answers(*values: str) -> dict[str, AnswerInput]:
+    return {str(q.id): AnswerInput(question_id=q.id, value=v) for q, v in zip(QUESTIONS, values, strict=True)}
+
+
+RIGHT = answers("baking  BREAD", "Ask before calling", FREE_TEXT)
+
+
+class FakeScorer:
+    """A configurable free-response scorer."""
+
+    version = "9.9"
+    kinds = frozenset({"FREE_RESPONSE"})
+
+    def __init__(self, name: str = "fake", behaviour: str = "ok", result: Any = None) -> None:
+        self.name = name
+        self.behaviour = behaviour
+        self.result = result
+        self.batches: list[list[ScoreRequest]] = []
+
+    async def score(self, batch: Sequence[ScoreRequest]) -> Any:
+        self.batches.append(list(batch))
+        if self.behaviour == "raise":
+            raise RuntimeError("plugin bug")
+        if self.behaviour == "sleep":
+            await asyncio.sleep(10)
+        if self.behaviour == "return":
+            return self.result
+        return [ScoreResult(r.question_id, 0.75, "nice") for r in batch]
+
+
+def runner(free: FakeScorer | FreeResponseRuleScorer | None = None, **settings: Any) -> ScoringRunner:
+    free = free or FreeResponseRuleScorer()
+    routes = {"COMPREHENSION": "rule.choice", "CONSENT": "rule.choice", "FREE_RESPONSE": free.name}
+    config = msgspec.structs.replace(SETTINGS, routes=routes, **settings)
+    return ScoringRunner({"rule.choice": ChoiceScorer(), free.name: free}, config)
+
+
+def test_unknown_scorer_name_is_refused_at_construction() -> None:
+    settings = msgspec.structs.replace(SETTINGS, routes={**SETTINGS.routes, "FREE_RESPONSE": "llm.rubric"})
+    with pytest.raises(ScorerRoutingError, match="unknown scorer 'llm.rubric'"):
+        ScoringRunner({"rule.choice": ChoiceScorer(), "rule.free_response": FreeResponseRuleScorer()}, settings)
+
+
+def test_scorer_that_cannot_score_the_kind_is_refused() -> None:
+    settings = msgspec.structs.replace(SETTINGS, routes={**SETTINGS.routes, "CONSENT": "rule.free_response"})
+    with pytest.raises(ScorerRoutingError, match="'rule.free_response' cannot score CONSENT"):
+        ScoringRunner({"rule.choice": ChoiceScorer(), "rule.free_response": FreeResponseRuleScorer()}, settings)
+
+
+def test_a_kind_without_a_route_is_refused() -> None:
+    settings = msgspec.structs.replace(SETTINGS, routes={"COMPREHENSION": "rule.choice", "CONSENT": "rule.choice"})
+    with pytest.raises(ScorerRoutingError, match="no scorer for FREE_RESPONSE"):
+        ScoringRunner({"rule.choice": ChoiceScorer(), "rule.free_response": FreeResponseRuleScorer()}, settings)
+
+
+@pytest.mark.asyncio
+async def test_right_answers_pass_with_the_built_in_scorers() -> None:
+    outcomes = await runner().score(QUIZ, RIGHT, "en")
+    assert set(outcomes) == {str(q.id) for q in QUESTIONS}
+    for q in QUESTIONS:
+        o = outcomes[str(q.id)]
+        assert (o.question_id, o.kind, o.score, o.passed, o.error) == (str(q.id), q.kind, 1.0, True, None)
+    assert outcomes[str(QUESTIONS[0].id)].scorer == "rule.choice"
+    assert outcomes[str(QUESTIONS[2].id)].scorer == "rule.free_response"
+    assert outcomes[str(QUESTIONS[2].id)].scorer_version == "1.0.0"
+
+
+@pytest.mark.asyncio
+async def test_wrong_answers_fail_and_keep_scorer_feedback() -> None:
+    outcomes = await runner().score(QUIZ, answers("Something else", "Another thing", "short"), None)
+    assert [outcomes[str(q.id)].score for q in QUESTIONS] == [0.0, 0.0, 0.0]
+    assert not any(o.passed for o in outcomes.values())
+    assert outcomes[str(QUESTIONS[2].id)].feedback == "Write at least 20 characters."
+    assert all(o.error is None for o in outcomes.values())
+
+
+@pytest.mark.asyncio
+async def test_requests_carry_the_question_and_one_batch_goes_to_each_scorer() -> None:
+    fake = FakeScorer()
+    outcomes = await runner(fake).score(QUIZ, RIGHT, "de-AT")
+    [batch] = fake.batches
+    [request] = batch
+    q = QUESTIONS[2]
+    assert request == ScoreRequest(
+        question_id=str(q.id), kind="FREE_RESPONSE", prompt=q.prompt, response=FREE_TEXT, choices=None,
+        answer_key=None, topic="topic", difficulty=2, locale="de-AT",
+    )
+    o = outcomes[str(q.id)]
+    assert (o.score, o.passed, o.feedback, o.scorer, o.scorer_version) == (0.75, True, "nice", "fake", "9.9")
+
+
+@pytest.mark.asyncio
+async def test_question_pass_threshold_applies() -> None:
+    outcomes = await runner(FakeScorer(), question_pass_threshold=0.8).score(QUIZ, RIGHT, None)
+    assert outcomes[str(QUESTIONS[2].id)].score == 0.75
+    assert not outcomes[str(QUESTIONS[2].id)].passed
+
+
+@pytest.mark.asyncio
+async def test_a_scorer_that_raises_fails_only_its_questions() -> None:
+    outcomes = await runner(FakeScorer(behaviour="raise")).score(QUIZ, RIGHT, None)
+    broken = outcomes[str(QUESTIONS[2].id)]
+    assert (broken.error, broken.score, broken.passed, broken.scorer) == ("scorer_error", 0.0, False, "fake")
+    assert outcomes[str(QUESTIONS[0].id)].passed and outcomes[str(QUESTIONS[0].id)].error is None
+
+
+@pytest.mark.asyncio
+async def test_a_sync_score_method_is_a_scorer_error() -> None:
+    class SyncScorer(FakeScorer):
+        def score(self, batch):  # type: ignore[override]
+            return [ScoreResult(r.question_id, 1.0) for r in batch]
+
+    outcomes = await runner(SyncScorer()).score(QUIZ, RIGHT, None)
+    assert outcomes[str(QUESTIONS[2].id)].error == "scorer_error"
+
+
+@pytest.mark.asyncio
+async def test_a_slow_scorer_times_out_without_holding_up_the_rest() -> None:
+    started = time.monotonic()
+    outcomes = await runner(FakeScorer(behaviour="sleep"), timeout_seconds=0.05).score(QUIZ, RIGHT, None)
+    assert time.monotonic() - started < 2
+    slow = outcomes[str(QUESTIONS[2].id)]
+    assert (slow.error, slow.score, slow.passed) == ("scorer_timeout", 0.0, False)
+    assert outcomes[str(QUESTIONS[1].id)].passed
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "result",
+    [
+        [],  # nothing for the question
+        [ScoreResult("some-other-question", 1.0)],
+        [ScoreResult(str(QUESTIONS[2].id), 1.5)],  # out of range (Structs do not check constraints on init)
+        [ScoreResult(str(QUESTIONS[2].id), -0.1)],
+        [ScoreResult(str(QUESTIONS[2].id), float("nan"))],
+        [{"question_id": str(QUESTIONS[2].id), "score": 1.0}],  # not a ScoreResult
+    ],
+)
+async def test_missing_or_invalid_results_are_typed(result: list[Any]) -> None:
+    outcomes = await runner(FakeScorer(behaviour="return", result=result)).score(QUIZ, RIGHT, None)
+    bad = outcomes[str(QUESTIONS[2].id)]
+    assert (bad.error, bad.score, bad.passed) == ("scorer_invalid_result", 0.0, False)
+    assert outcomes[str(QUESTIONS[0].id)].passed
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: results are validated outside the try block, so a scorer returning None (or a score "
+    "that is not a number) raises TypeError out of ScoringRunner.score and fails the whole request",
+)
+@pytest.mark.parametrize("result", [None, [ScoreResult(str(QUESTIONS[2].id), "1")]])
+async def test_a_non_list_or_non_numeric_result_is_typed_not_raised(result: Any) -> None:
+    outcomes = await runner(FakeScorer(behaviour="return", result=result)).score(QUIZ, RIGHT, None)
+    assert outcomes[str(QUESTIONS[2].id)].error == "scorer_invalid_result"
+
+
+@pytest.mark.asyncio
+async def test_every_question_needs_an_answer() -> None:
+    partial = dict(RIGHT)
+    del partial[str(QUESTIONS[1].id)]
+    with pytest.raises(KeyError):
+        await runner().score(QUIZ, partial, None)
+
+
+@pytest.mark.asyncio
+async def test_scorers_run_concurrently() -> None:
+    class SlowScorer(FakeScorer):
+        async def score(self, batch):  # type: ignore[override]
+            await asyncio.sleep(0.1)
+            return [ScoreResult(r.question_id, 1.0) for r in batch]
+
+    class SlowChoice(SlowScorer):
+        kinds = frozenset({"COMPREHENSION", "CONSENT"})
+
+    slow_choice, slow_free = SlowChoice("slow.choice"), SlowScorer("slow.free")
+    settings = msgspec.structs.replace(
+        SETTINGS, timeout_seconds=1.0,
+        routes={"COMPREHENSION": "slow.choice", "CONSENT": "slow.choice", "FREE_RESPONSE": "slow.free"},
+    )
+    started = time.monotonic()
+    outcomes = await ScoringRunner({"slow.choice": slow_choice, "slow.free": slow_free}, settings).score(QUIZ, RIGHT, None)
+    assert time.monotonic() - started < 0.19  # two 0.1 s batches side by side, not one after the other
+    assert all(o.passed for o in outcomes.values())
