@@ -20,10 +20,6 @@ class PubSub(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
-class _Dropped(Exception):
-    pass
-
-
 class MemoryPubSub:
     """In-process channels with a bounded queue per subscriber."""
 

@@ -49,7 +49,9 @@ class MemoryRateLimiter:
         interval = period_seconds / limit
         tat = max(self._tat.get(key, now), now)
         new_tat = tat + interval
-        if new_tat - now > period_seconds:
+        # The tolerance absorbs float rounding of accumulated intervals, so a burst of exactly
+        # ``limit`` is never cut short by one.
+        if new_tat - now > period_seconds + 1e-9:
             return RateDecision(False, round(new_tat - now - period_seconds, 3))
         self._tat[key] = new_tat
         return RateDecision(True)

@@ -80,6 +80,13 @@ class TaskQueue:
                 try:
                     with structlog.contextvars.bound_contextvars(**log_context):
                         result = await job()
+                except asyncio.CancelledError:
+                    future.cancel()  # the caller stops waiting either way
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the queue is closing
+                    # Otherwise the job itself was cancelled (e.g. it awaited a cancelled future):
+                    # that ends the job, not the worker.
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                     if not future.done():
                         future.set_exception(exc)

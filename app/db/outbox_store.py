@@ -9,15 +9,13 @@ from datetime import datetime
 import msgspec
 
 from app.db.tables import ConnectionKeyEvent, ProcessedEvent, processed_event_id
-from app.domain.events import EventEnvelope, EventType
+from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType
 
 __all__ = ["OutboxRow", "OutboxStore", "new_envelope"]
 
 
 def new_envelope(event_type: EventType, aggregate_id: uuid.UUID, payload: msgspec.Struct, now: datetime) -> EventEnvelope:
     """A fresh envelope (new event id, current schema version) around ``payload``."""
-    from app.domain.events import SCHEMA_VERSION
-
     return EventEnvelope(
         event_id=uuid.uuid4(),
         event_type=event_type,

@@ -122,8 +122,10 @@ class PayloadSigner:
         _, kid, body, signature = parts
         if kid not in self._keys:
             raise PayloadInvalid("payload was signed with an unknown key")
-        expected = self._mac(kid, f"{_VERSION}.{kid}.{body}")
-        if not hmac.compare_digest(expected, _b64decode(signature)):
+        # Compare canonical encodings, not decoded bytes: base64 leaves spare bits in the last
+        # character, and a lenient decode would accept several spellings of one signature.
+        expected = _b64encode(self._mac(kid, f"{_VERSION}.{kid}.{body}"))
+        if not hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace")):
             raise PayloadInvalid("payload signature does not match")
         try:
             claims = self._decoder.decode(_b64decode(body))

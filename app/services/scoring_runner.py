@@ -19,6 +19,10 @@ __all__ = ["ScorerRoutingError", "ScoringRunner"]
 log = structlog.get_logger(__name__)
 
 
+def _valid_score(score: object) -> bool:
+    return isinstance(score, int | float) and not isinstance(score, bool) and 0.0 <= score <= 1.0
+
+
 class ScorerRoutingError(ValueError):
     """Settings route a question kind to a scorer that is missing or cannot score that kind."""
 
@@ -64,11 +68,16 @@ class ScoringRunner:
         except Exception:  # noqa: BLE001 - a plugin's bug fails its questions, never the request
             log.exception("scorer raised", scorer=scorer.name, batch=len(requests))
             return [self._failed(q, scorer, "scorer_error") for q in questions]
-        by_id = {r.question_id: r for r in results if isinstance(r, ScoreResult)}
+        # Plugins are untrusted: anything but a list of in-range ScoreResults fails just those questions.
+        by_id = {
+            r.question_id: r
+            for r in (results if isinstance(results, list) else [])
+            if isinstance(r, ScoreResult) and _valid_score(r.score)
+        }
         outcomes = []
         for question in questions:
             result = by_id.get(str(question.id))
-            if result is None or not 0.0 <= result.score <= 1.0:
+            if result is None:
                 log.warning("scorer returned no valid result", scorer=scorer.name, question_id=str(question.id))
                 outcomes.append(self._failed(question, scorer, "scorer_invalid_result"))
             else:
