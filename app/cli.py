@@ -109,8 +109,16 @@ def mint_token(user: str, ttl: int, service_role: bool) -> None:
     except ValueError:
         raise click.BadParameter(f"not a demo user ({', '.join(DEMO_USERS)}) or a UUID", param_hint="USER") from None
     role = settings.auth.service_role if service_role else "authenticated"
-    click.echo(mint(settings.auth.jwt_secret, user_id, role=role, audience=settings.auth.audience,
-                    ttl_seconds=ttl, issuer=settings.auth.issuer))
+    click.echo(
+        mint(
+            settings.auth.jwt_secret,
+            user_id,
+            role=role,
+            audience=settings.auth.audience,
+            ttl_seconds=ttl,
+            issuer=settings.auth.issuer,
+        )
+    )
 
 
 @ck.command(

@@ -55,9 +55,15 @@ def configure_logging(settings: LoggingSettings) -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
-    ]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -103,7 +109,10 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             finally:
                 if scope["type"] == "http":
                     _access.info(
-                        "request", method=scope["method"], path=scope["path"], status=status,
+                        "request",
+                        method=scope["method"],
+                        path=scope["path"],
+                        status=status,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2),
                     )
 

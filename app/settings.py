@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct
 
 __all__ = [
@@ -70,6 +71,11 @@ class DatabaseSettings(_Section):
     """PostgreSQL connection pool upper bound."""
     sqlite_busy_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     """How long a SQLite writer waits for the write lock before giving up."""
+    sqlite_pool_size: Annotated[int, Meta(ge=1, le=64)] = 4
+    """Open SQLite connections kept for reuse (each is one thread)."""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """``FULL`` makes every acknowledged commit survive power loss; ``NORMAL`` (safe against process
+    crashes in WAL mode) trades that for faster commits."""
 
 
 class AuthSettings(_Section):
@@ -138,8 +144,8 @@ class ScoringSettings(_Section):
     """Weighted total needed to pass."""
     question_pass_threshold: Fraction = 0.5
     """Score at which a single question counts as passed in the breakdown."""
-    weights: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], Annotated[float, Meta(ge=0)]] = (
-        msgspec.field(default_factory=lambda: {"COMPREHENSION": 1.0, "CONSENT": 1.5, "FREE_RESPONSE": 0.5})
+    weights: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], Annotated[float, Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: {"COMPREHENSION": 1.0, "CONSENT": 1.5, "FREE_RESPONSE": 0.5}
     )
     """Weight of each question kind in the total."""
     routes: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], str] = msgspec.field(
@@ -229,17 +235,27 @@ class SettingsError(ValueError):
     """Raised when settings cannot be loaded; the message names the offending key."""
 
 
-def _env_value(raw: str) -> Any:
-    # Structured values (lists, tables) come as JSON; scalars stay strings and msgspec's
-    # lax conversion turns "30" into 30 and "true" into True against the field's type.
-    stripped = raw.strip()
-    if stripped[:1] in ("[", "{"):
+def _is_collection(section: str, key: str) -> bool:
+    """Whether settings field ``section.key`` holds a list or table (so its env value is JSON)."""
+    for field in msgspec.inspect.type_info(Settings).fields:  # type: ignore[attr-defined]
+        if field.name == section and isinstance(field.type, msgspec.inspect.StructType):
+            for inner in field.type.fields:
+                if inner.name == key:
+                    kinds = inner.type.types if isinstance(inner.type, msgspec.inspect.UnionType) else (inner.type,)
+                    return any(isinstance(k, msgspec.inspect.ListType | msgspec.inspect.DictType) for k in kinds)
+    return False
+
+
+def _env_value(section: str, key: str, raw: str) -> Any:
+    # Lists and tables come as JSON; scalars stay strings (a secret may well start with "{") and
+    # msgspec's lax conversion turns "30" into 30 and "true" into True against the field's type.
+    if raw.strip().lower() in ("null", "none"):
+        return None
+    if _is_collection(section, key):
         try:
-            return json.loads(stripped)
+            return json.loads(raw)
         except json.JSONDecodeError as exc:
             raise SettingsError(f"not valid JSON: {exc}") from exc
-    if stripped.lower() in ("null", "none"):
-        return None
     return raw
 
 
@@ -253,7 +269,7 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
         if not isinstance(target, dict):
             raise SettingsError(f"settings key `{section}` is not a section (from {name})")
         try:
-            target[key] = _env_value(raw)
+            target[key] = _env_value(section, key, raw)
         except SettingsError as exc:
             raise SettingsError(f"{name}: {exc}") from exc
     return data

@@ -7,14 +7,15 @@ PostgreSQL 16 comes from ``pgserver`` (one server per test session, a fresh data
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from app.settings import Settings, load_settings
 
@@ -22,16 +23,19 @@ BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def postgres_server() -> Iterator[Any]:
     """A PostgreSQL 16 server for the session, or ``None`` when an external URL is configured."""
     if os.environ.get("CK_TEST_POSTGRES_URL"):
         yield None
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # Not under pytest's numbered tmp dirs: a concurrent pytest run may rotate those away.
+    data_dir = Path(tempfile.mkdtemp(prefix="ck-pgserver-"))
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _fresh_postgres_database(server: Any) -> str:

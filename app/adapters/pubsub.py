@@ -33,9 +33,15 @@ class MemoryPubSub:
     async def __aexit__(self, *exc: object) -> None:
         for queues in self._subscribers.values():
             for queue in queues:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
+                self._end(queue)
         self._subscribers.clear()
+
+    @staticmethod
+    def _end(queue: asyncio.Queue[bytes | None]) -> None:
+        # The end marker must get in even when the buffer is full: drop the oldest message for it.
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     async def publish(self, channel: str, message: bytes) -> None:
         for queue in list(self._subscribers.get(channel, ())):
@@ -44,8 +50,7 @@ class MemoryPubSub:
             except asyncio.QueueFull:
                 # A slow reader loses its subscription rather than growing memory without bound.
                 self._subscribers[channel].discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -15,6 +15,7 @@ from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
+from app.db.sqlite_pool import PooledSQLiteEngine
 from app.db.tables import ALL_TABLES
 from app.settings import DatabaseSettings
 
@@ -32,10 +33,11 @@ def sqlite_path(url: str) -> Path:
 def engine_from_url(settings: DatabaseSettings) -> Engine:
     """Build (but do not connect) the engine the URL names."""
     if settings.url.startswith("sqlite://"):
-        return SQLiteEngine(
+        return PooledSQLiteEngine(
             path=str(sqlite_path(settings.url)),
+            pool_size=settings.sqlite_pool_size,
             timeout=settings.sqlite_busy_timeout_seconds,
-            log_queries=False,
+            synchronous=settings.sqlite_synchronous,
         )
     return PostgresEngine(config={"dsn": settings.url}, log_queries=False)
 
@@ -73,7 +75,9 @@ class Database:
             )
 
     async def stop(self) -> None:
-        if not self.is_sqlite:
+        if isinstance(self.engine, PooledSQLiteEngine):
+            await self.engine.close_pool()
+        else:
             await self.engine.close_connection_pool()
 
     async def ping(self) -> bool:

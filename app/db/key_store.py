@@ -64,27 +64,44 @@ class KeyStore:
 
     async def supersede_open_keys(self, requester_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """A new quiz replaces any unsubmitted one, so a requester cannot collect quizzes and answer the easiest."""
-        await ConnectionKey.update({ConnectionKey.status: KeyStatus.SUPERSEDED}).where(
-            (ConnectionKey.requester_id == requester_id)
-            & (ConnectionKey.conversation_id == conversation_id)
-            & (ConnectionKey.status == KeyStatus.ISSUED)
-        ).run()
+        await (
+            ConnectionKey.update({ConnectionKey.status: KeyStatus.SUPERSEDED})
+            .where(
+                (ConnectionKey.requester_id == requester_id)
+                & (ConnectionKey.conversation_id == conversation_id)
+                & (ConnectionKey.status == KeyStatus.ISSUED)
+            )
+            .run()
+        )
 
     async def insert_quiz(self, quiz: IssuedQuiz, signing_key_id: str) -> None:
         await ConnectionKey.insert(
             ConnectionKey(
-                id=quiz.key_id, conversation_id=quiz.conversation_id, requester_id=quiz.requester_id,
-                target_id=quiz.target_id, status=KeyStatus.ISSUED, signing_key_id=signing_key_id,
-                signed_payload=quiz.signed_payload, difficulty=quiz.difficulty, issued_at=quiz.issued_at,
+                id=quiz.key_id,
+                conversation_id=quiz.conversation_id,
+                requester_id=quiz.requester_id,
+                target_id=quiz.target_id,
+                status=KeyStatus.ISSUED,
+                signing_key_id=signing_key_id,
+                signed_payload=quiz.signed_payload,
+                difficulty=quiz.difficulty,
+                issued_at=quiz.issued_at,
                 expires_at=quiz.expires_at,
             )
         ).run()
         await ConnectionKeyQuestion.insert(
             *(
                 ConnectionKeyQuestion(
-                    id=q.id, connection_key_id=quiz.key_id, position=q.position, kind=q.kind.value,
-                    prompt=q.prompt, choices=msgspec.json.encode(q.choices).decode() if q.choices is not None else None,
-                    answer_key=q.answer_key, topic=q.topic, template_key=q.template_key, variant=q.variant,
+                    id=q.id,
+                    connection_key_id=quiz.key_id,
+                    position=q.position,
+                    kind=q.kind.value,
+                    prompt=q.prompt,
+                    choices=msgspec.json.encode(q.choices).decode() if q.choices is not None else None,
+                    answer_key=q.answer_key,
+                    topic=q.topic,
+                    template_key=q.template_key,
+                    variant=q.variant,
                     difficulty=q.difficulty,
                 )
                 for q in quiz.questions
@@ -96,14 +113,23 @@ class KeyStore:
         row = await ConnectionKey.select().where(ConnectionKey.id == key_id).first().run()
         if row is None:
             return None
-        questions = await ConnectionKeyQuestion.select().where(
-            ConnectionKeyQuestion.connection_key_id == key_id
-        ).order_by(ConnectionKeyQuestion.position).run()
+        questions = (
+            await ConnectionKeyQuestion.select()
+            .where(ConnectionKeyQuestion.connection_key_id == key_id)
+            .order_by(ConnectionKeyQuestion.position)
+            .run()
+        )
         quiz = IssuedQuiz(
-            key_id=row["id"], conversation_id=row["conversation_id"], requester_id=row["requester_id"],
-            target_id=row["target_id"], target_name=target_name or "", difficulty=row["difficulty"],
-            questions=[_question(q) for q in questions], signed_payload=row["signed_payload"],
-            issued_at=row["issued_at"], expires_at=row["expires_at"],
+            key_id=row["id"],
+            conversation_id=row["conversation_id"],
+            requester_id=row["requester_id"],
+            target_id=row["target_id"],
+            target_name=target_name or "",
+            difficulty=row["difficulty"],
+            questions=[_question(q) for q in questions],
+            signed_payload=row["signed_payload"],
+            issued_at=row["issued_at"],
+            expires_at=row["expires_at"],
         )
         return quiz, row["status"]
 
@@ -113,32 +139,42 @@ class KeyStore:
 
     async def claim(self, key_id: uuid.UUID, now: datetime) -> bool:
         """Atomically move ISSUED -> SUBMITTED; ``False`` when another submission (or a newer key) got there first."""
-        rows = await ConnectionKey.update(
-            {ConnectionKey.status: KeyStatus.SUBMITTED, ConnectionKey.submitted_at: now}
-        ).where((ConnectionKey.id == key_id) & (ConnectionKey.status == KeyStatus.ISSUED)).returning(
-            ConnectionKey.id
-        ).run()
+        rows = (
+            await ConnectionKey.update({ConnectionKey.status: KeyStatus.SUBMITTED, ConnectionKey.submitted_at: now})
+            .where((ConnectionKey.id == key_id) & (ConnectionKey.status == KeyStatus.ISSUED))
+            .returning(ConnectionKey.id)
+            .run()
+        )
         return bool(rows)
 
     async def open_keys(self, requester_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
         """Ids of the requester's keys that can still be submitted, newest first."""
-        rows = await ConnectionKey.select(ConnectionKey.id).where(
-            (ConnectionKey.requester_id == requester_id)
-            & (ConnectionKey.status == KeyStatus.ISSUED)
-            & (ConnectionKey.expires_at > now)
-        ).order_by(ConnectionKey.issued_at, ascending=False).run()
+        rows = (
+            await ConnectionKey.select(ConnectionKey.id)
+            .where(
+                (ConnectionKey.requester_id == requester_id)
+                & (ConnectionKey.status == KeyStatus.ISSUED)
+                & (ConnectionKey.expires_at > now)
+            )
+            .order_by(ConnectionKey.issued_at, ascending=False)
+            .run()
+        )
         return [row["id"] for row in rows]
 
     async def recent_failures(
         self, requester_id: uuid.UUID, conversation_id: uuid.UUID, since: datetime
     ) -> list[datetime]:
         """Submission times of the requester's failed attempts on the conversation since ``since``."""
-        rows = await ConnectionKeyAttempt.select(ConnectionKeyAttempt.submitted_at).where(
-            (ConnectionKeyAttempt.requester_id == requester_id)
-            & (ConnectionKeyAttempt.conversation_id == conversation_id)
-            & (ConnectionKeyAttempt.passed == False)  # noqa: E712 - Piccolo operator
-            & (ConnectionKeyAttempt.submitted_at > since)
-        ).run()
+        rows = (
+            await ConnectionKeyAttempt.select(ConnectionKeyAttempt.submitted_at)
+            .where(
+                (ConnectionKeyAttempt.requester_id == requester_id)
+                & (ConnectionKeyAttempt.conversation_id == conversation_id)
+                & (ConnectionKeyAttempt.passed == False)  # noqa: E712 - Piccolo operator
+                & (ConnectionKeyAttempt.submitted_at > since)
+            )
+            .run()
+        )
         return [row["submitted_at"] for row in rows]
 
     async def insert_attempt(self, attempt: AttemptRow) -> None:

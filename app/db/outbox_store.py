@@ -14,7 +14,9 @@ from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType
 __all__ = ["OutboxRow", "OutboxStore", "new_envelope"]
 
 
-def new_envelope(event_type: EventType, aggregate_id: uuid.UUID, payload: msgspec.Struct, now: datetime) -> EventEnvelope:
+def new_envelope(
+    event_type: EventType, aggregate_id: uuid.UUID, payload: msgspec.Struct, now: datetime
+) -> EventEnvelope:
     """A fresh envelope (new event id, current schema version) around ``payload``."""
     return EventEnvelope(
         event_id=uuid.uuid4(),
@@ -43,8 +45,12 @@ class OutboxStore:
         await ConnectionKeyEvent.insert(
             *(
                 ConnectionKeyEvent(
-                    event_id=e.event_id, event_type=e.event_type.value, aggregate_id=e.aggregate_id,
-                    schema_version=e.schema_version, payload=bytes(e.payload).decode(), occurred_at=e.occurred_at,
+                    event_id=e.event_id,
+                    event_type=e.event_type.value,
+                    aggregate_id=e.aggregate_id,
+                    schema_version=e.schema_version,
+                    payload=bytes(e.payload).decode(),
+                    occurred_at=e.occurred_at,
                 )
                 for e in envelopes
             )
@@ -52,16 +58,23 @@ class OutboxStore:
 
     async def unpublished(self, limit: int) -> list[OutboxRow]:
         """The oldest unpublished events, in commit order."""
-        rows = await ConnectionKeyEvent.select().where(ConnectionKeyEvent.published_at.is_null()).order_by(
-            ConnectionKeyEvent.sequence
-        ).limit(limit).run()
+        rows = (
+            await ConnectionKeyEvent.select()
+            .where(ConnectionKeyEvent.published_at.is_null())
+            .order_by(ConnectionKeyEvent.sequence)
+            .limit(limit)
+            .run()
+        )
         return [
             OutboxRow(
                 sequence=row["sequence"],
                 envelope=EventEnvelope(
-                    event_id=row["event_id"], event_type=EventType(row["event_type"]),
-                    aggregate_id=row["aggregate_id"], occurred_at=row["occurred_at"],
-                    schema_version=row["schema_version"], payload=msgspec.Raw(row["payload"].encode()),
+                    event_id=row["event_id"],
+                    event_type=EventType(row["event_type"]),
+                    aggregate_id=row["aggregate_id"],
+                    occurred_at=row["occurred_at"],
+                    schema_version=row["schema_version"],
+                    payload=msgspec.Raw(row["payload"].encode()),
                 ),
                 publish_attempts=row["publish_attempts"],
             )
@@ -70,9 +83,11 @@ class OutboxStore:
 
     async def mark_published(self, sequences: Sequence[int], now: datetime) -> None:
         if sequences:
-            await ConnectionKeyEvent.update({ConnectionKeyEvent.published_at: now}).where(
-                ConnectionKeyEvent.sequence.is_in(list(sequences))
-            ).run()
+            await (
+                ConnectionKeyEvent.update({ConnectionKeyEvent.published_at: now})
+                .where(ConnectionKeyEvent.sequence.is_in(list(sequences)))
+                .run()
+            )
 
     async def mark_failed(self, sequence: int, error: str, dead: bool, now: datetime) -> None:
         """Count a failed publish; a dead event is set aside (published_at set, error kept) so the rest flow."""

@@ -101,19 +101,26 @@ class ProfileStore:
         row = await Conversation.select().where(Conversation.id == conversation_id).first().run()
         return conversation_record(row) if row else None
 
-    async def get_or_create_conversation(
-        self, a: uuid.UUID, b: uuid.UUID, now: datetime
-    ) -> ConversationRecord:
+    async def get_or_create_conversation(self, a: uuid.UUID, b: uuid.UUID, now: datetime) -> ConversationRecord:
         """The pair's conversation, created LOCKED on first use; safe under concurrent first use."""
         low, high = pair_of(a, b)
         pair_key = f"{low}:{high}"
         row = await Conversation.select().where(Conversation.pair_key == pair_key).first().run()
         if row is None:
-            await Conversation.insert(
-                Conversation(
-                    id=uuid.uuid4(), pair_key=pair_key, participant_low=low, participant_high=high,
-                    unlock_state=UnlockState.LOCKED.value, created_at=now, updated_at=now,
+            await (
+                Conversation.insert(
+                    Conversation(
+                        id=uuid.uuid4(),
+                        pair_key=pair_key,
+                        participant_low=low,
+                        participant_high=high,
+                        unlock_state=UnlockState.LOCKED.value,
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            ).on_conflict(target=Conversation.pair_key, action="DO NOTHING").run()
+                .on_conflict(target=Conversation.pair_key, action="DO NOTHING")
+                .run()
+            )
             row = await Conversation.select().where(Conversation.pair_key == pair_key).first().run()
         return conversation_record(row)

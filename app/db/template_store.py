@@ -46,19 +46,33 @@ class TemplateStore:
         if not templates:
             return 0
         columns = [
-            PromptTemplate.kind, PromptTemplate.purpose, PromptTemplate.text, PromptTemplate.variants,
-            PromptTemplate.difficulty, PromptTemplate.locale, PromptTemplate.active, PromptTemplate.updated_at,
+            PromptTemplate.kind,
+            PromptTemplate.purpose,
+            PromptTemplate.text,
+            PromptTemplate.variants,
+            PromptTemplate.difficulty,
+            PromptTemplate.locale,
+            PromptTemplate.active,
+            PromptTemplate.updated_at,
         ]
         rows = [
             PromptTemplate(
                 id=uuid.uuid5(uuid.NAMESPACE_URL, f"connection-key-template:{t.key}"),
-                key=t.key, kind=t.kind.value, purpose=t.purpose.value, text=t.text,
-                variants=msgspec.json.encode(t.variants).decode(), difficulty=t.difficulty,
-                locale=t.locale, active=t.active, updated_at=now,
+                key=t.key,
+                kind=t.kind.value,
+                purpose=t.purpose.value,
+                text=t.text,
+                variants=msgspec.json.encode(t.variants).decode(),
+                difficulty=t.difficulty,
+                locale=t.locale,
+                active=t.active,
+                updated_at=now,
             )
             for t in templates
         ]
-        await PromptTemplate.insert(*rows).on_conflict(
-            target=PromptTemplate.key, action="DO UPDATE", values=columns
-        ).run()
+        await (
+            PromptTemplate.insert(*rows)
+            .on_conflict(target=PromptTemplate.key, action="DO UPDATE", values=columns)
+            .run()
+        )
         return len(rows)

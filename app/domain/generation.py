@@ -17,7 +17,7 @@ from app.domain.quiz import (
     TemplatePurpose,
 )
 
-__all__ = ["GenerationError", "QuizShape", "generate_quiz", "template_placeholders", "ALLOWED_PLACEHOLDERS"]
+__all__ = ["ALLOWED_PLACEHOLDERS", "GenerationError", "QuizShape", "generate_quiz", "template_placeholders"]
 
 ALLOWED_PLACEHOLDERS = frozenset({"name", "prompt", "topic"})
 
@@ -59,7 +59,9 @@ def _uuid(rng: random.Random) -> uuid.UUID:
 def _stem(
     templates: Sequence[Template], kind: QuestionKind, difficulty: int, rng: random.Random, **values: str
 ) -> tuple[Template, int, str]:
-    candidates = _nearest([t for t in templates if t.kind is kind and t.purpose is TemplatePurpose.QUESTION], difficulty)
+    candidates = _nearest(
+        [t for t in templates if t.kind is kind and t.purpose is TemplatePurpose.QUESTION], difficulty
+    )
     if not candidates:
         raise GenerationError(f"the template library has no {kind.value} question template")
     template = rng.choice(candidates)
@@ -149,8 +151,18 @@ def generate_quiz(
     for pair in prompts:
         questions.append(
             _choice_question(
-                rng, active, QuestionKind.COMPREHENSION, len(questions), difficulty, pair.answer, own_answers,
-                shape, pair.question, name=name, prompt=pair.question, topic=pair.question,
+                rng,
+                active,
+                QuestionKind.COMPREHENSION,
+                len(questions),
+                difficulty,
+                pair.answer,
+                own_answers,
+                shape,
+                pair.question,
+                name=name,
+                prompt=pair.question,
+                topic=pair.question,
             )
         )
 
@@ -159,8 +171,18 @@ def generate_quiz(
     for preference in consents:
         questions.append(
             _choice_question(
-                rng, active, QuestionKind.CONSENT, len(questions), difficulty, preference.statement,
-                own_statements, shape, preference.topic, name=name, prompt=preference.topic, topic=preference.topic,
+                rng,
+                active,
+                QuestionKind.CONSENT,
+                len(questions),
+                difficulty,
+                preference.statement,
+                own_statements,
+                shape,
+                preference.topic,
+                name=name,
+                prompt=preference.topic,
+                topic=preference.topic,
             )
         )
 

@@ -17,9 +17,9 @@ __all__ = [
     "ProfileInput",
     "PromptPair",
     "QuestionKind",
+    "TargetProfile",
     "Template",
     "TemplatePurpose",
-    "TargetProfile",
     "UnlockState",
 ]
 
@@ -73,8 +73,12 @@ class ProfileInput(Struct, forbid_unknown_fields=True, frozen=True, rename="came
     prompts: Annotated[list[PromptPair], Meta(max_length=10)]
     consent_preferences: Annotated[list[ConsentPreference], Meta(max_length=20)]
     bio: Annotated[str, Meta(max_length=2000)] | None = None
-    locale: Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")] | None = None
-    demographic_segments: Annotated[dict[Annotated[str, Meta(max_length=40)], Annotated[str, Meta(max_length=60)]], Meta(max_length=10)] = msgspec.field(default_factory=dict)
+    locale: (
+        Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")] | None
+    ) = None
+    demographic_segments: Annotated[
+        dict[Annotated[str, Meta(max_length=40)], Annotated[str, Meta(max_length=60)]], Meta(max_length=10)
+    ] = msgspec.field(default_factory=dict)
     """Optional self-declared segments (e.g. ``ageBand``), used only for fairness monitoring."""
 
 

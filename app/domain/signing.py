@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
-__all__ = ["PayloadClaims", "PayloadError", "PayloadSigner", "PayloadExpired", "PayloadInvalid"]
+__all__ = ["PayloadClaims", "PayloadError", "PayloadExpired", "PayloadInvalid", "PayloadSigner"]
 
 _VERSION = "v1"
 _MAX_PAYLOAD_CHARS = 8192

@@ -9,7 +9,14 @@ from msgspec import Struct
 
 from app.domain.quiz import UnlockState
 
-__all__ = ["RetryPolicy", "UnlockDecision", "WINDOW", "decide_after_attempt", "may_start_attempt", "next_conversation_state"]
+__all__ = [
+    "WINDOW",
+    "RetryPolicy",
+    "UnlockDecision",
+    "decide_after_attempt",
+    "may_start_attempt",
+    "next_conversation_state",
+]
 
 WINDOW = timedelta(days=1)
 
@@ -52,10 +59,14 @@ def decide_after_attempt(
 def may_start_attempt(failures: Sequence[datetime], now: datetime, policy: RetryPolicy) -> datetime | None:
     """``None`` when the requester may take a new quiz now, else the time they may."""
     latest = max(failures, default=None)
-    waits = [t for t in (
-        _window_reopens(failures, now, policy),
-        latest + timedelta(seconds=policy.cooldown_seconds) if latest else None,
-    ) if t is not None and t > now]
+    waits = [
+        t
+        for t in (
+            _window_reopens(failures, now, policy),
+            latest + timedelta(seconds=policy.cooldown_seconds) if latest else None,
+        )
+        if t is not None and t > now
+    ]
     return max(waits) if waits else None
 
 

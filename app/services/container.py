@@ -91,10 +91,16 @@ async def open_services(
         profile_store, key_store, outbox = ProfileStore(), KeyStore(), OutboxStore()
         relay = OutboxRelay(outbox, bus, clock)
         deps = KeyDependencies(
-            settings=settings, db=db, profiles=profile_store, keys=key_store, outbox=outbox, cache=cache,
-            limiter=limiter, signer=PayloadSigner(settings.signing.keys, settings.signing.active_key_id,
-                                                  settings.signing.ttl_seconds),
-            clock=clock, on_events_written=relay.wake,
+            settings=settings,
+            db=db,
+            profiles=profile_store,
+            keys=key_store,
+            outbox=outbox,
+            cache=cache,
+            limiter=limiter,
+            signer=PayloadSigner(settings.signing.keys, settings.signing.active_key_id, settings.signing.ttl_seconds),
+            clock=clock,
+            on_events_written=relay.wake,
         )
         orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
         bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
@@ -104,9 +110,22 @@ async def open_services(
             await stack.enter_async_context(relay)
         log.info("services started", database="sqlite" if db.is_sqlite else "postgresql", scorers=sorted(scorers))
         yield Services(
-            settings=settings, db=db, cache=cache, limiter=limiter, pubsub=pubsub, bus=bus, queue=queue,
-            relay=relay, verifier=verifier, scorers=scorers, templates=templates, profile_store=profile_store,
-            key_store=key_store, profiles=ProfileService(profile_store, clock),
-            create_key=CreateConnectionKey(deps, templates, queue), submit_key=SubmitConnectionKey(deps, runner),
-            orchestrator=orchestrator, clock=clock,
+            settings=settings,
+            db=db,
+            cache=cache,
+            limiter=limiter,
+            pubsub=pubsub,
+            bus=bus,
+            queue=queue,
+            relay=relay,
+            verifier=verifier,
+            scorers=scorers,
+            templates=templates,
+            profile_store=profile_store,
+            key_store=key_store,
+            profiles=ProfileService(profile_store, clock),
+            create_key=CreateConnectionKey(deps, templates, queue),
+            submit_key=SubmitConnectionKey(deps, runner),
+            orchestrator=orchestrator,
+            clock=clock,
         )

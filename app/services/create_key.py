@@ -81,7 +81,10 @@ class CreateConnectionKey:
         self._encoder = msgspec.json.Encoder()
         quiz = deps.settings.quiz
         self._shape = QuizShape(
-            quiz.comprehension_questions, quiz.consent_questions, quiz.free_response_questions, quiz.choices_per_question
+            quiz.comprehension_questions,
+            quiz.consent_questions,
+            quiz.free_response_questions,
+            quiz.choices_per_question,
         )
 
     async def __call__(self, requester_id: uuid.UUID, target_id: uuid.UUID) -> ConnectionKeyPayload:
@@ -133,13 +136,24 @@ class CreateConnectionKey:
         now = deps.clock()
         key_id = uuid.uuid4()
         claims = deps.signer.claims_for(
-            key_id=key_id, conversation_id=conversation_id, requester_id=requester_id, target_id=target.user_id,
-            question_ids=[q.id for q in questions], now=now,
+            key_id=key_id,
+            conversation_id=conversation_id,
+            requester_id=requester_id,
+            target_id=target.user_id,
+            question_ids=[q.id for q in questions],
+            now=now,
         )
         quiz = IssuedQuiz(
-            key_id=key_id, conversation_id=conversation_id, requester_id=requester_id, target_id=target.user_id,
-            target_name=target.display_name, difficulty=difficulty, questions=questions,
-            signed_payload=deps.signer.sign(claims), issued_at=now, expires_at=claims.expires_at_datetime,
+            key_id=key_id,
+            conversation_id=conversation_id,
+            requester_id=requester_id,
+            target_id=target.user_id,
+            target_name=target.display_name,
+            difficulty=difficulty,
+            questions=questions,
+            signed_payload=deps.signer.sign(claims),
+            issued_at=now,
+            expires_at=claims.expires_at_datetime,
         )
         event = KeyCreated(key_id, conversation_id, requester_id, target.user_id, quiz.expires_at)
         async with deps.db.transaction():

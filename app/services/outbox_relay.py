@@ -72,7 +72,7 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.drain()
-            except Exception:  # noqa: BLE001 - the relay must outlive a database hiccup
+            except Exception:
                 log.exception("outbox drain failed")
                 self._backoff = min(max(self._backoff * 2, 0.1), 30.0)
             if self._backoff:
@@ -103,8 +103,10 @@ class OutboxRelay:
                 await self._store.mark_failed(row.sequence, f"{type(exc).__name__}: {exc}", dead, self._clock())
                 log.error(
                     "event set aside after repeated failures" if dead else "event publish failed",
-                    event_id=str(row.envelope.event_id), event_type=row.envelope.event_type.value,
-                    attempts=row.publish_attempts + 1, error=type(exc).__name__,
+                    event_id=str(row.envelope.event_id),
+                    event_type=row.envelope.event_type.value,
+                    attempts=row.publish_attempts + 1,
+                    error=type(exc).__name__,
                 )
                 if not dead:
                     # Order per conversation matters more than throughput: stop here and retry later.

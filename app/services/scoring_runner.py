@@ -39,7 +39,9 @@ class ScoringRunner:
                 raise ScorerRoutingError(f"scoring.routes has no scorer for {kind.value}")
             scorer = scorers.get(name)
             if scorer is None:
-                raise ScorerRoutingError(f"scoring.routes.{kind.value} names unknown scorer {name!r} (have: {sorted(scorers)})")
+                raise ScorerRoutingError(
+                    f"scoring.routes.{kind.value} names unknown scorer {name!r} (have: {sorted(scorers)})"
+                )
             if kind.value not in scorer.kinds:
                 raise ScorerRoutingError(f"scorer {name!r} cannot score {kind.value}")
             self._routes[kind] = scorer
@@ -47,14 +49,24 @@ class ScoringRunner:
     def _outcome(self, question: GeneratedQuestion, scorer: Scorer, result: ScoreResult) -> QuestionOutcome:
         score = float(result.score)
         return QuestionOutcome(
-            question_id=str(question.id), kind=question.kind, scorer=scorer.name, scorer_version=scorer.version,
-            score=score, passed=score >= self._settings.question_pass_threshold, feedback=result.feedback,
+            question_id=str(question.id),
+            kind=question.kind,
+            scorer=scorer.name,
+            scorer_version=scorer.version,
+            score=score,
+            passed=score >= self._settings.question_pass_threshold,
+            feedback=result.feedback,
         )
 
     def _failed(self, question: GeneratedQuestion, scorer: Scorer, error: str) -> QuestionOutcome:
         return QuestionOutcome(
-            question_id=str(question.id), kind=question.kind, scorer=scorer.name, scorer_version=scorer.version,
-            score=0.0, passed=False, error=error,
+            question_id=str(question.id),
+            kind=question.kind,
+            scorer=scorer.name,
+            scorer_version=scorer.version,
+            score=0.0,
+            passed=False,
+            error=error,
         )
 
     async def _run(
@@ -65,7 +77,7 @@ class ScoringRunner:
         except TimeoutError:
             log.warning("scorer timed out", scorer=scorer.name, batch=len(requests))
             return [self._failed(q, scorer, "scorer_timeout") for q in questions]
-        except Exception:  # noqa: BLE001 - a plugin's bug fails its questions, never the request
+        except Exception:
             log.exception("scorer raised", scorer=scorer.name, batch=len(requests))
             return [self._failed(q, scorer, "scorer_error") for q in questions]
         # Plugins are untrusted: anything but a list of in-range ScoreResults fails just those questions.
@@ -84,7 +96,9 @@ class ScoringRunner:
                 outcomes.append(self._outcome(question, scorer, result))
         return outcomes
 
-    async def score(self, quiz: IssuedQuiz, answers: Mapping[str, AnswerInput], locale: str | None) -> dict[str, QuestionOutcome]:
+    async def score(
+        self, quiz: IssuedQuiz, answers: Mapping[str, AnswerInput], locale: str | None
+    ) -> dict[str, QuestionOutcome]:
         """Score every question of ``quiz`` (all must have an answer) and return outcomes by question id."""
         groups: defaultdict[str, tuple[Scorer, list[GeneratedQuestion], list[ScoreRequest]]] = defaultdict(
             lambda: (None, [], [])  # type: ignore[arg-type, return-value]
@@ -96,9 +110,14 @@ class ScoringRunner:
             questions.append(question)
             requests.append(
                 ScoreRequest(
-                    question_id=str(question.id), kind=question.kind.value, prompt=question.prompt,
-                    response=answers[str(question.id)].value, choices=question.choices,
-                    answer_key=question.answer_key, topic=question.topic, difficulty=question.difficulty,
+                    question_id=str(question.id),
+                    kind=question.kind.value,
+                    prompt=question.prompt,
+                    response=answers[str(question.id)].value,
+                    choices=question.choices,
+                    answer_key=question.answer_key,
+                    topic=question.topic,
+                    difficulty=question.difficulty,
                     locale=locale,
                 )
             )

@@ -70,7 +70,8 @@ class SubmitConnectionKey:
             question_id = str(answer.question_id)
             if question_id not in expected:
                 raise ServiceError(
-                    ErrorCode.BAD_USER_INPUT, "An answer refers to a question that is not in this quiz.",
+                    ErrorCode.BAD_USER_INPUT,
+                    "An answer refers to a question that is not in this quiz.",
                     field=f"answers[{index}].questionId",
                 )
             if question_id in by_id:
@@ -123,21 +124,33 @@ class SubmitConnectionKey:
             decision = decide_after_attempt(verdict.passed, failures, now, deps.retry_policy)
             await deps.keys.insert_attempt(
                 AttemptRow(
-                    id=attempt_id, connection_key_id=quiz.key_id, conversation_id=quiz.conversation_id,
-                    requester_id=quiz.requester_id, target_id=quiz.target_id,
+                    id=attempt_id,
+                    connection_key_id=quiz.key_id,
+                    conversation_id=quiz.conversation_id,
+                    requester_id=quiz.requester_id,
+                    target_id=quiz.target_id,
                     responses=_json.encode(data.answers).decode(),
                     total_elapsed_ms=sum(elapsed) if elapsed else None,
-                    score=verdict.score, passed=verdict.passed,
+                    score=verdict.score,
+                    passed=verdict.passed,
                     breakdown=_json.encode(verdict.breakdown).decode(),
                     feedback=_json.encode(verdict.feedback).decode(),
-                    unlock_state=decision.state.value, retry_available_at=decision.retry_available_at,
-                    started_at=quiz.issued_at, submitted_at=now,
+                    unlock_state=decision.state.value,
+                    retry_available_at=decision.retry_available_at,
+                    started_at=quiz.issued_at,
+                    submitted_at=now,
                 )
             )
             event = QuizCompleted(
-                attempt_id=attempt_id, key_id=quiz.key_id, conversation_id=quiz.conversation_id,
-                requester_id=quiz.requester_id, target_id=quiz.target_id, score=verdict.score,
-                passed=verdict.passed, unlock_state=decision.state, retry_available_at=decision.retry_available_at,
+                attempt_id=attempt_id,
+                key_id=quiz.key_id,
+                conversation_id=quiz.conversation_id,
+                requester_id=quiz.requester_id,
+                target_id=quiz.target_id,
+                score=verdict.score,
+                passed=verdict.passed,
+                unlock_state=decision.state,
+                retry_available_at=decision.retry_available_at,
                 completed_at=now,
             )
             await deps.outbox.append([new_envelope(EventType.QUIZ_COMPLETED, quiz.conversation_id, event, now)])

@@ -12,7 +12,7 @@ import msgspec
 
 from app.db.template_store import TemplateStore
 from app.domain.generation import ALLOWED_PLACEHOLDERS, template_placeholders
-from app.domain.quiz import Template
+from app.domain.quiz import Template, TemplatePurpose
 
 __all__ = ["TemplateFileError", "TemplateLibrary", "read_template_files"]
 
@@ -48,7 +48,12 @@ def read_template_files(directory: str) -> list[Template]:
                 except ValueError as exc:
                     raise TemplateFileError(f"{file.name}: template {entry.key}: {exc}") from exc
                 if unknown:
-                    raise TemplateFileError(f"{file.name}: template {entry.key}: unknown placeholders {sorted(unknown)}")
+                    raise TemplateFileError(
+                        f"{file.name}: template {entry.key}: unknown placeholders {sorted(unknown)}"
+                    )
+                if entry.purpose is TemplatePurpose.DISTRACTOR and template_placeholders(wording):
+                    # Distractors are shown verbatim; a placeholder would reach the client as "{name}".
+                    raise TemplateFileError(f"{file.name}: template {entry.key}: distractors take no placeholders")
             if entry.key in templates:
                 raise TemplateFileError(f"{file.name}: duplicate template key {entry.key}")
             templates[entry.key] = entry

@@ -48,10 +48,13 @@ class Api:
         profile = {
             "displayName": name,
             "bio": f"{name} likes tests",
-            "prompts": [{"question": f"Prompt {i} of {name}", "answer": f"{name}'s own answer number {i}"}
-                        for i in range(prompts)],
-            "consentPreferences": [{"topic": f"topic {i}", "statement": f"{name}'s boundary number {i}"}
-                                   for i in range(consents)],
+            "prompts": [
+                {"question": f"Prompt {i} of {name}", "answer": f"{name}'s own answer number {i}"}
+                for i in range(prompts)
+            ],
+            "consentPreferences": [
+                {"topic": f"topic {i}", "statement": f"{name}'s boundary number {i}"} for i in range(consents)
+            ],
             "locale": "en",
         }
         result = await self.gql(
@@ -63,7 +66,8 @@ class Api:
         result = await self.gql(
             """mutation($target: ID!) { createConnectionKey(targetUserId: $target) {
                  id conversationId targetUserId signedPayload expiresAt questions { id kind prompt choices } } }""",
-            requester, target=str(target),
+            requester,
+            target=str(target),
         )
         assert "errors" not in result, result
         return result["data"]["createConnectionKey"]
@@ -72,9 +76,9 @@ class Api:
         """Answers built from the server-side answer keys (which the API never returns)."""
         keys = {
             str(row["id"]): row["answer_key"]
-            for row in await ConnectionKeyQuestion.select().where(
-                ConnectionKeyQuestion.connection_key_id == uuid.UUID(payload["id"])
-            ).run()
+            for row in await ConnectionKeyQuestion.select()
+            .where(ConnectionKeyQuestion.connection_key_id == uuid.UUID(payload["id"]))
+            .run()
         }
         answers = []
         for question in payload["questions"]:
@@ -92,7 +96,8 @@ class Api:
             """mutation($input: ConnectionKeyResponseInput!) { submitConnectionKey(input: $input) {
                  attemptId score passed unlockState retryAvailableAt feedback
                  breakdown { questionId kind scorer score passed } } }""",
-            user_id, input={"signedPayload": signed_payload, "answers": answers},
+            user_id,
+            input={"signedPayload": signed_payload, "answers": answers},
         )
 
     async def eventually(self, check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:

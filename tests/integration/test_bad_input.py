@@ -52,14 +52,26 @@ async def test_bad_submissions_get_typed_errors_and_write_nothing(api: Api, quiz
     before = await _counts()
     signer = PayloadSigner(api.settings.signing.keys, api.settings.signing.active_key_id, 300)
     ids = [uuid.UUID(q["id"]) for q in payload["questions"]]
-    stale = signer.sign(signer.claims_for(
-        key_id=uuid.UUID(payload["id"]), conversation_id=uuid.UUID(payload["conversationId"]), requester_id=alice,
-        target_id=quiz["bob"], question_ids=ids, now=datetime.now(UTC) - timedelta(minutes=6),
-    ))
-    other_key = PayloadSigner({"rogue": "x" * 40}, "rogue", 300).sign(signer.claims_for(
-        key_id=uuid.UUID(payload["id"]), conversation_id=uuid.UUID(payload["conversationId"]), requester_id=alice,
-        target_id=quiz["bob"], question_ids=ids, now=datetime.now(UTC),
-    ))
+    stale = signer.sign(
+        signer.claims_for(
+            key_id=uuid.UUID(payload["id"]),
+            conversation_id=uuid.UUID(payload["conversationId"]),
+            requester_id=alice,
+            target_id=quiz["bob"],
+            question_ids=ids,
+            now=datetime.now(UTC) - timedelta(minutes=6),
+        )
+    )
+    other_key = PayloadSigner({"rogue": "x" * 40}, "rogue", 300).sign(
+        signer.claims_for(
+            key_id=uuid.UUID(payload["id"]),
+            conversation_id=uuid.UUID(payload["conversationId"]),
+            requester_id=alice,
+            target_id=quiz["bob"],
+            question_ids=ids,
+            now=datetime.now(UTC),
+        )
+    )
     cases = [
         (alice, signed[:-4] + ("AAAA" if not signed.endswith("AAAA") else "BBBB"), answers, "PAYLOAD_INVALID"),
         (alice, _tamper(signed), answers, "PAYLOAD_INVALID"),
@@ -86,8 +98,13 @@ async def test_bad_tokens_are_unauthenticated(api: Api, quiz: dict) -> None:
     query = "{ me { displayName } }"
     expired = api.token(quiz["alice"], ttl_seconds=-120)
     wrong_secret = api.token(quiz["alice"]).rsplit(".", 1)[0] + ".c2lnbmF0dXJl"
-    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": f"Bearer {expired}"},
-                    {"Authorization": f"Bearer {wrong_secret}"}, {"Authorization": "Basic YWxhZGRpbjpvcGVu"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": f"Bearer {expired}"},
+        {"Authorization": f"Bearer {wrong_secret}"},
+        {"Authorization": "Basic YWxhZGRpbjpvcGVu"},
+    ):
         response = await api.client.post("/graphql", json={"query": query}, headers=headers)
         assert _code(response.json()) == "UNAUTHENTICATED"
         rest = await api.client.post("/connection-keys", json={"targetUserId": str(quiz["bob"])}, headers=headers)
@@ -103,7 +120,10 @@ async def test_bad_create_requests(api: Api, quiz: dict) -> None:
     assert _code(await api.gql(create, alice, t=str(alice))) == "BAD_USER_INPUT"
     assert _code(await api.gql(create, alice, t=str(uuid.uuid4()))) == "NOT_FOUND"
     assert _code(await api.gql(create, alice, t="nope")) == "BAD_USER_INPUT"
-    assert _code(await api.gql("mutation { createConnectionKey(targetUserId: 5, extra: 1) { id } }", alice)) == "BAD_USER_INPUT"
+    assert (
+        _code(await api.gql("mutation { createConnectionKey(targetUserId: 5, extra: 1) { id } }", alice))
+        == "BAD_USER_INPUT"
+    )
     assert await _counts() == before
 
     headers = {**api.headers(alice), "content-type": "application/json"}
@@ -134,8 +154,9 @@ async def test_bad_create_requests(api: Api, quiz: dict) -> None:
 @pytest.mark.asyncio
 async def test_target_without_profile_and_profile_validation(api: Api, quiz: dict) -> None:
     stranger = uuid.uuid4()
-    result = await api.gql("mutation($t: ID!) { createConnectionKey(targetUserId: $t) { id } }", quiz["alice"],
-                           t=str(stranger))
+    result = await api.gql(
+        "mutation($t: ID!) { createConnectionKey(targetUserId: $t) { id } }", quiz["alice"], t=str(stranger)
+    )
     assert _code(result) == "NOT_FOUND"
     upsert = "mutation($input: ProfileInput!) { upsertMyProfile(input: $input) { userId } }"
     for profile in (
@@ -159,7 +180,8 @@ async def test_parallel_double_submit_records_one_attempt(api: Api, quiz: dict) 
     assert await ConnectionKeyAttempt.count().run() == 1
     rest = await api.client.post(
         f"/connection-keys/{payload['id']}/responses",
-        json={"signedPayload": payload["signedPayload"], "answers": answers}, headers=api.headers(alice),
+        json={"signedPayload": payload["signedPayload"], "answers": answers},
+        headers=api.headers(alice),
     )
     assert rest.status_code == 409 and rest.json()["code"] == "PAYLOAD_REPLAYED"
 
@@ -181,8 +203,13 @@ async def test_rest_submission_to_the_wrong_key_and_superseded_keys(api: Api, qu
 @pytest.mark.asyncio
 async def test_profiles_over_rest_need_the_service_role_for_others(api: Api, quiz: dict) -> None:
     someone = uuid.uuid4()
-    body = {"displayName": "Synced", "prompts": [{"question": "q?", "answer": "an answer"}],
-            "consentPreferences": [], "locale": "en-GB", "demographicSegments": {"ageBand": "25-34"}}
+    body = {
+        "displayName": "Synced",
+        "prompts": [{"question": "q?", "answer": "an answer"}],
+        "consentPreferences": [],
+        "locale": "en-GB",
+        "demographicSegments": {"ageBand": "25-34"},
+    }
     forbidden = await api.client.put(f"/profiles/{someone}", json=body, headers=api.headers(quiz["alice"]))
     assert forbidden.status_code == 403 and forbidden.json()["code"] == "FORBIDDEN"
     service = api.headers(uuid.uuid4(), role="service_role")
@@ -196,7 +223,8 @@ async def test_profiles_over_rest_need_the_service_role_for_others(api: Api, qui
     )
     assert acting.status_code == 201
     not_allowed = await api.client.post(
-        "/connection-keys", json={"targetUserId": str(quiz["bob"]), "requesterUserId": str(someone)},
+        "/connection-keys",
+        json={"targetUserId": str(quiz["bob"]), "requesterUserId": str(someone)},
         headers=api.headers(quiz["carol"]),
     )
     assert not_allowed.status_code == 403

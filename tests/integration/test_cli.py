@@ -12,7 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from app.auth import JwtVerifier
@@ -65,7 +64,11 @@ def test_mint_token_is_development_only() -> None:
 
 def test_bad_settings_stop_start_up_naming_the_key() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app", "--port", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app", "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "CK_QUIZ__CHOICES_PER_QUESTION": "many"},
     )
     assert result.returncode != 0
@@ -82,7 +85,7 @@ def _http(method: str, url: str, token: str | None = None, body: bytes | None = 
     request = urllib.request.Request(url, data=body, method=method, headers={"content-type": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -92,8 +95,12 @@ def test_readme_walkthrough_against_a_real_server(tmp_path: Path) -> None:
     env = {**os.environ, "CK_DATABASE__URL": f"sqlite:///{tmp_path / 'walk.sqlite3'}"}
     cli = [sys.executable, "-m", "litestar", "--app", "app:create_app", "ck"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -105,9 +112,12 @@ def test_readme_walkthrough_against_a_real_server(tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline, "server did not become ready"
                 time.sleep(0.2)
-        run = lambda *args, stdin=None: subprocess.run(  # noqa: E731
-            [*cli, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, input=stdin, check=True
-        ).stdout
+
+        def run(*args: str, stdin: str | None = None) -> str:
+            return subprocess.run(
+                [*cli, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, input=stdin, check=True
+            ).stdout
+
         ids = dict(line.split("\t") for line in run("seed-demo").strip().splitlines())
         token = run("mint-token", "alice").strip()
         key = _http("POST", f"{base}/connection-keys", token, json.dumps({"targetUserId": ids["bob"]}).encode())

@@ -21,7 +21,9 @@ async def _pair(api: Api) -> tuple[uuid.UUID, uuid.UUID]:
 
 async def _conversation_state(api: Api, user: uuid.UUID, conversation_id: str) -> dict:
     result = await api.gql(
-        "query($id: ID!) { conversation(id: $id) { id participantIds unlockState unlockedAt } }", user, id=conversation_id
+        "query($id: ID!) { conversation(id: $id) { id participantIds unlockState unlockedAt } }",
+        user,
+        id=conversation_id,
     )
     assert "errors" not in result, result
     return result["data"]["conversation"]
@@ -75,7 +77,9 @@ async def test_rest_flow_matches_graphql(api: Api) -> None:
     payload = created.json()
     assert set(payload) == {"id", "conversationId", "targetUserId", "questions", "signedPayload", "expiresAt"}
     body = {"signedPayload": payload["signedPayload"], "answers": await api.answers(payload)}
-    submitted = await api.client.post(f"/connection-keys/{payload['id']}/responses", json=body, headers=api.headers(alice))
+    submitted = await api.client.post(
+        f"/connection-keys/{payload['id']}/responses", json=body, headers=api.headers(alice)
+    )
     assert submitted.status_code == 201, submitted.text
     assert submitted.json()["unlockState"] == "UNLOCKED"
 
@@ -111,7 +115,7 @@ async def test_failed_attempt_offers_retry_then_cooldown(api_factory, database_u
     api = await api_factory(make_settings(database_url, retry={"cooldown_seconds": 0, "max_attempts_per_day": 2}))
     alice, bob = await _pair(api)
     payload = await api.create_key(alice, bob)
-    first = (await api.submit(alice, payload["signedPayload"], await api.answers(payload, correct=False)))
+    first = await api.submit(alice, payload["signedPayload"], await api.answers(payload, correct=False))
     outcome = first["data"]["submitConnectionKey"]
     assert outcome["passed"] is False and outcome["unlockState"] == "RETRY_AVAILABLE"
     assert outcome["retryAvailableAt"] is not None and outcome["feedback"]
@@ -159,8 +163,12 @@ async def _envelopes() -> list[EventEnvelope]:
     rows = await ConnectionKeyEvent.select().order_by(ConnectionKeyEvent.sequence).run()
     return [
         EventEnvelope(
-            event_id=r["event_id"], event_type=EventType(r["event_type"]), aggregate_id=r["aggregate_id"],
-            occurred_at=r["occurred_at"], schema_version=r["schema_version"], payload=msgspec.Raw(r["payload"].encode()),
+            event_id=r["event_id"],
+            event_type=EventType(r["event_type"]),
+            aggregate_id=r["aggregate_id"],
+            occurred_at=r["occurred_at"],
+            schema_version=r["schema_version"],
+            payload=msgspec.Raw(r["payload"].encode()),
         )
         for r in rows
     ]

@@ -36,18 +36,19 @@ async def test_full_queue_answers_unavailable_instead_of_hanging(api_factory, da
     target = uuid.uuid4()
     await api.upsert_profile(target, "Target")
     requesters = [uuid.uuid4() for _ in range(3)]
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
     library = api.services.templates
     original = library.for_locale
 
     async def slow_for_locale(locale: str | None):  # the first job holds the only worker
+        entered.set()
         await gate.wait()
         return await original(locale)
 
     library.for_locale = slow_for_locale  # type: ignore[method-assign]
     create = "mutation($t: ID!) { createConnectionKey(targetUserId: $t) { id } }"
     first = asyncio.create_task(api.gql(create, requesters[0], t=str(target)))
-    await api.eventually(lambda: _true_when(api.services.queue.depth == 0))
+    await asyncio.wait_for(entered.wait(), 5)
     second = asyncio.create_task(api.gql(create, requesters[1], t=str(target)))
     await api.eventually(lambda: _true_when(api.services.queue.depth == 1))
     third = await asyncio.wait_for(api.gql(create, requesters[2], t=str(target)), 5)
@@ -69,12 +70,18 @@ async def test_rate_limits_answer_with_retry_after(api_factory, database_url: st
     for target in targets:
         await api.upsert_profile(target, "T")
     for target in targets[:2]:
-        created = await api.client.post("/connection-keys", json={"targetUserId": str(target)}, headers=api.headers(requester))
+        created = await api.client.post(
+            "/connection-keys", json={"targetUserId": str(target)}, headers=api.headers(requester)
+        )
         assert created.status_code == 201
-    limited = await api.client.post("/connection-keys", json={"targetUserId": str(targets[2])}, headers=api.headers(requester))
+    limited = await api.client.post(
+        "/connection-keys", json={"targetUserId": str(targets[2])}, headers=api.headers(requester)
+    )
     assert limited.status_code == 429 and limited.json()["code"] == "RATE_LIMITED"
     assert int(limited.headers["retry-after"]) >= 1
-    graphql = await api.gql("mutation($t: ID!) { createConnectionKey(targetUserId: $t) { id } }", requester, t=str(targets[2]))
+    graphql = await api.gql(
+        "mutation($t: ID!) { createConnectionKey(targetUserId: $t) { id } }", requester, t=str(targets[2])
+    )
     assert graphql["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert graphql["errors"][0]["extensions"]["retryAfter"] >= 1
 
@@ -88,18 +95,25 @@ async def test_health_ready_openapi_and_request_ids(api: Api) -> None:
     assert ready.status_code == 200 and body["status"] == "ready", body
     assert body["checks"] == {"database": True, "taskQueue": True, "outboxRelay": True}
     assert ready.headers["x-request-id"] == "trace-me-123"
-    generated = (await api.client.get("/health", headers={"X-Request-ID": "bad id with spaces"})).headers["x-request-id"]
+    generated = (await api.client.get("/health", headers={"X-Request-ID": "bad id with spaces"})).headers[
+        "x-request-id"
+    ]
     assert uuid.UUID(generated)
     spec = (await api.client.get("/schema/openapi.json")).json()
-    assert {"/connection-keys", "/connection-keys/{key_id}/responses", "/profiles/{user_id}", "/health", "/ready"} <= set(
-        spec["paths"]
-    )
+    assert {
+        "/connection-keys",
+        "/connection-keys/{key_id}/responses",
+        "/profiles/{user_id}",
+        "/health",
+        "/ready",
+    } <= set(spec["paths"])
 
 
 @pytest.mark.asyncio
 async def test_readiness_reports_an_unreachable_database(api: Api) -> None:
     db = api.services.db
     if db.is_sqlite:
+        await db.engine.close_pool()
         saved, db.engine.path = db.engine.path, "/nonexistent-dir/ck.sqlite3"
     else:
         await db.engine.close_connection_pool()

@@ -41,7 +41,13 @@ def b64url(data: bytes) -> str:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    base: dict[str, Any] = {"sub": str(USER), "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 600}
+    base: dict[str, Any] = {
+        "sub": str(USER),
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iat": now,
+        "exp": now + 600,
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -463,7 +469,12 @@ async def test_jwks_url_concurrent_verifies_share_one_fetch(
 
 @pytest.mark.parametrize(
     "header",
-    [{"alg": "HS256", "kid": 5}, {"alg": "RS256", "kid": 5}, {"alg": ["HS256"]}, {"alg": "HS256", "crit": ["x"], "x": 1}],
+    [
+        {"alg": "HS256", "kid": 5},
+        {"alg": "RS256", "kid": 5},
+        {"alg": ["HS256"]},
+        {"alg": "HS256", "crit": ["x"], "x": 1},
+    ],
 )
 @pytest.mark.asyncio
 async def test_odd_headers_are_rejected(header: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ and the project's litestar.toml never leak in.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_unrelated_environment_variables_are_ignored(tmp_path: Path) -> None:
 
 
 def test_settings_file_can_come_from_the_environment(tmp_path: Path) -> None:
-    path = write(tmp_path, "[quiz]\nlocale = \"it\"\n", name="other.toml")
+    path = write(tmp_path, '[quiz]\nlocale = "it"\n', name="other.toml")
     settings = load_settings(environ={"CK_SETTINGS_FILE": str(path)})
     assert settings.quiz.locale == "it"
 
@@ -200,7 +201,7 @@ def test_short_jwt_secret_is_refused(tmp_path: Path) -> None:
 
 
 def test_production_refuses_development_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, "[server]\nenvironment = \"production\"\n")
+    path = write(tmp_path, '[server]\nenvironment = "production"\n')
     with pytest.raises(SettingsError, match=r"auth\.jwt_secret"):
         load_settings(path, environ={})
     with pytest.raises(SettingsError, match=r"signing\.keys"):
@@ -218,7 +219,7 @@ def test_production_refuses_development_defaults(tmp_path: Path) -> None:
 
 
 def test_development_defaults_are_fine_outside_production(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, "[server]\nenvironment = \"test\"\n"), environ={})
+    settings = load_settings(write(tmp_path, '[server]\nenvironment = "test"\n'), environ={})
     assert settings.server.environment == "test"
 
 
@@ -245,3 +246,17 @@ def test_settings_are_immutable(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, ""), environ={})
     with pytest.raises(AttributeError):
         settings.quiz.locale = "de"  # type: ignore[misc]
+
+
+def test_a_secret_starting_with_a_brace_stays_a_string(tmp_path: Path) -> None:
+    secret = "{not-json-but-a-valid-secret-0123456789abcdef}"
+    settings = load_settings(write(tmp_path, ""), environ={"CK_AUTH__JWT_SECRET": secret})
+    assert settings.auth.jwt_secret == secret
+
+
+def test_table_settings_from_the_environment_are_json(tmp_path: Path) -> None:
+    keys = {"k1": "a" * 40, "k2": "b" * 40}
+    env = {"CK_SIGNING__KEYS": json.dumps(keys), "CK_SIGNING__ACTIVE_KEY_ID": "k2"}
+    assert load_settings(write(tmp_path, ""), environ=env).signing.keys == keys
+    with pytest.raises(SettingsError, match="CK_SIGNING__KEYS"):
+        load_settings(write(tmp_path, ""), environ={"CK_SIGNING__KEYS": "{broken"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+
 import strawberry
 from litestar.datastructures import Headers, State
 from strawberry.litestar import BaseContext

@@ -19,20 +19,34 @@ def _typed(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if isinstance(original, ServiceError):
         return GraphQLError(
-            original.message, error.nodes, error.source, error.positions, error.path, original,
+            original.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            original,
             extensions={"code": original.code.value, **original.extra},
         )
     if original is None:
         # Parse and validation errors (unknown field, wrong argument type...): the client's to fix.
         code = (error.extensions or {}).get("code") or ErrorCode.BAD_USER_INPUT.value
         return GraphQLError(
-            error.message, error.nodes, error.source, error.positions, error.path, None,
+            error.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            None,
             extensions={**(error.extensions or {}), "code": code},
         )
-    log.error("unexpected error in resolver", path=error.path, error_type=type(original).__name__,
-              exc_info=original)
+    log.error("unexpected error in resolver", path=error.path, error_type=type(original).__name__, exc_info=original)
     return GraphQLError(
-        "Internal server error", error.nodes, error.source, error.positions, error.path, None,
+        "Internal server error",
+        error.nodes,
+        error.source,
+        error.positions,
+        error.path,
+        None,
         extensions={"code": ErrorCode.INTERNAL.value},
     )
 

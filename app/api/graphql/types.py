@@ -115,7 +115,10 @@ class ConnectionKeyResult:
             unlock_state=result.unlock_state,
             breakdown=[
                 QuestionScore(
-                    question_id=strawberry.ID(str(s.question_id)), kind=s.kind, scorer=s.scorer, score=s.score,
+                    question_id=strawberry.ID(str(s.question_id)),
+                    kind=s.kind,
+                    scorer=s.scorer,
+                    score=s.score,
                     passed=s.passed,
                 )
                 for s in result.breakdown

@@ -10,8 +10,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
-from app.auth import Principal
 from app.api.rest.dependencies import provide_principal, provide_services
+from app.auth import Principal
 from app.db.profile_store import ProfileRecord
 from app.domain.contract import (
     ConnectionKeyPayload,
@@ -31,10 +31,18 @@ _ERRORS = "Errors are application/problem+json with a `code` member."
 class ConnectionKeyController(Controller):
     path = "/connection-keys"
     tags = ["connection keys"]
-    dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
+    dependencies = {
+        "services": Provide(provide_services, sync_to_thread=False),
+        "principal": Provide(provide_principal),
+    }
 
     @post("/", status_code=201, summary="Issue a connection key", description=_ERRORS)
-    async def create(self, data: JSONBody[CreateConnectionKeyInput], principal: NamedDependency[Principal], services: NamedDependency[Services]) -> ConnectionKeyPayload:
+    async def create(
+        self,
+        data: JSONBody[CreateConnectionKeyInput],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> ConnectionKeyPayload:
         """Start a quiz about ``targetUserId``. A service-role caller may act for ``requesterUserId``."""
         requester = principal.user_id
         if data.requester_user_id is not None and data.requester_user_id != principal.user_id:
@@ -45,7 +53,10 @@ class ConnectionKeyController(Controller):
 
     @post("/{key_id:uuid}/responses", status_code=201, summary="Submit answers", description=_ERRORS)
     async def respond(
-        self, key_id: FromPath[uuid.UUID], data: JSONBody[ConnectionKeyResponseInput], principal: NamedDependency[Principal],
+        self,
+        key_id: FromPath[uuid.UUID],
+        data: JSONBody[ConnectionKeyResponseInput],
+        principal: NamedDependency[Principal],
         services: NamedDependency[Services],
     ) -> ConnectionKeyResult:
         """Score the answers to key ``key_id``; a service-role caller may submit for the quiz's requester."""
@@ -57,10 +68,19 @@ class ConnectionKeyController(Controller):
 class ProfileController(Controller):
     path = "/profiles"
     tags = ["profiles"]
-    dependencies = {"services": Provide(provide_services, sync_to_thread=False), "principal": Provide(provide_principal)}
+    dependencies = {
+        "services": Provide(provide_services, sync_to_thread=False),
+        "principal": Provide(provide_principal),
+    }
 
     @put("/{user_id:uuid}", summary="Create or replace a profile", description=_ERRORS)
-    async def upsert(self, user_id: FromPath[uuid.UUID], data: JSONBody[ProfileInput], principal: NamedDependency[Principal], services: NamedDependency[Services]) -> ProfileRecord:
+    async def upsert(
+        self,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[ProfileInput],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> ProfileRecord:
         """Sync a profile from the main app (service role), or write one's own."""
         if not principal.is_service_role and principal.user_id != user_id:
             raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may write another user's profile.")
@@ -88,7 +108,10 @@ class HealthController(Controller):
             "checks": checks,
             "backends": {
                 "database": "sqlite" if services.db.is_sqlite else "postgresql",
-                "cache": "memory", "rateLimit": "memory", "pubsub": "memory", "eventBus": "memory",
+                "cache": "memory",
+                "rateLimit": "memory",
+                "pubsub": "memory",
+                "eventBus": "memory",
             },
             "queueDepth": services.queue.depth,
             "scorers": sorted(services.scorers),

@@ -36,39 +36,90 @@ def norm(text: str) -> str:
 
 def library() -> list[Template]:
     return [
-        Template("comp.q1", C, Q, "{name} answered “{prompt}”. Which answer is theirs?", ["Which did {name} write for “{prompt}”?"], difficulty=1),
+        Template(
+            "comp.q1",
+            C,
+            Q,
+            "{name} answered “{prompt}”. Which answer is theirs?",
+            ["Which did {name} write for “{prompt}”?"],
+            difficulty=1,
+        ),
         Template("comp.q2", C, Q, "When {name} was asked “{prompt}”, what did they say?", difficulty=2),
         Template("comp.q3", C, Q, "Only one is {name}'s answer to “{prompt}”.", difficulty=3),
         Template("cons.q1", K, Q, "Which of these is one of {name}'s boundaries?", difficulty=1),
-        Template("cons.q2", K, Q, "About {prompt}: which did {name} ask for?", ["{name} wrote about {prompt}. Which is theirs?"], difficulty=2),
-        Template("free.q1", F, Q, "What would you ask {name} about “{topic}”?", ["Why does “{topic}” interest you?"], difficulty=1),
-        Template("free.q2", F, Q, "Write a first message to {name} about “{topic}”.", difficulty=2),
         Template(
-            "dist.comp.easy", C, D, "Collecting vintage vinyl records",
-            ["Running marathons abroad", "Playing chess online", "Restoring old motorbikes", "Karaoke nights",
-             "Building LEGO sets", "Skydiving"],
-            difficulty=1,
-        ),
-        Template(
-            "dist.comp.mid", C, D, "A slow morning with coffee and a good book",
-            ["Weekend hikes and brunch", "Cooking for friends on Fridays", "Road trips with no fixed plan",
-             "Trying every ramen place in the city", "Painting badly but enthusiastically"],
+            "cons.q2",
+            K,
+            Q,
+            "About {prompt}: which did {name} ask for?",
+            ["{name} wrote about {prompt}. Which is theirs?"],
             difficulty=2,
         ),
         Template(
-            "dist.comp.hard", C, D, "Someone kind to waiters",
+            "free.q1",
+            F,
+            Q,
+            "What would you ask {name} about “{topic}”?",
+            ["Why does “{topic}” interest you?"],
+            difficulty=1,
+        ),
+        Template("free.q2", F, Q, "Write a first message to {name} about “{topic}”.", difficulty=2),
+        Template(
+            "dist.comp.easy",
+            C,
+            D,
+            "Collecting vintage vinyl records",
+            [
+                "Running marathons abroad",
+                "Playing chess online",
+                "Restoring old motorbikes",
+                "Karaoke nights",
+                "Building LEGO sets",
+                "Skydiving",
+            ],
+            difficulty=1,
+        ),
+        Template(
+            "dist.comp.mid",
+            C,
+            D,
+            "A slow morning with coffee and a good book",
+            [
+                "Weekend hikes and brunch",
+                "Cooking for friends on Fridays",
+                "Road trips with no fixed plan",
+                "Trying every ramen place in the city",
+                "Painting badly but enthusiastically",
+            ],
+            difficulty=2,
+        ),
+        Template(
+            "dist.comp.hard",
+            C,
+            D,
+            "Someone kind to waiters",
             ["Honesty, curiosity and humour", "Getting lost in a museum", "Making fresh pasta"],
             difficulty=3,
         ),
         Template(
-            "dist.cons.easy", K, D, "Call me any time without asking",
+            "dist.cons.easy",
+            K,
+            D,
+            "Call me any time without asking",
             ["Send any photos straight away", "Meet tonight, no chat first", "Share my home address now"],
             difficulty=1,
         ),
         Template(
-            "dist.cons.mid", K, D, "Voice notes from day one",
-            ["Meet within the first day", "Video calls any time", "Pick me up from home",
-             "I like to text for a while before meeting"],
+            "dist.cons.mid",
+            K,
+            D,
+            "Voice notes from day one",
+            [
+                "Meet within the first day",
+                "Video calls any time",
+                "Pick me up from home",
+                "I like to text for a while before meeting",
+            ],
             difficulty=2,
         ),
     ]
@@ -97,10 +148,17 @@ def profile(**overrides: object) -> TargetProfile:
 SHAPE = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=4)
 
 
-def generate(seed: int, *, shape: QuizShape = SHAPE, target: TargetProfile | None = None,
-             templates: list[Template] | None = None, difficulty: int = 2) -> list[GeneratedQuestion]:
-    return generate_quiz(target or profile(), library() if templates is None else templates, shape, difficulty,
-                         random.Random(seed))
+def generate(
+    seed: int,
+    *,
+    shape: QuizShape = SHAPE,
+    target: TargetProfile | None = None,
+    templates: list[Template] | None = None,
+    difficulty: int = 2,
+) -> list[GeneratedQuestion]:
+    return generate_quiz(
+        target or profile(), library() if templates is None else templates, shape, difficulty, random.Random(seed)
+    )
 
 
 def own_texts(target: TargetProfile, kind: QuestionKind) -> list[str]:
@@ -288,7 +346,8 @@ def test_missing_templates_raise_generation_error(missing, message: str) -> None
 def test_inactive_templates_are_ignored() -> None:
     templates = [
         Template(t.key, t.kind, t.purpose, t.text, t.variants, t.difficulty, t.locale, active=False)
-        if t.kind is C and t.purpose is Q else t
+        if t.kind is C and t.purpose is Q
+        else t
         for t in library()
     ]
     with pytest.raises(GenerationError, match="COMPREHENSION question"):

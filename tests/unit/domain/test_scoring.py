@@ -15,26 +15,52 @@ POLICY = ScoringPolicy(weights=WEIGHTS, pass_threshold=0.8, question_pass_thresh
 NAME = "Ada"
 
 
-def question(position: int, kind: QuestionKind, topic: str = "My ideal Sunday", key: str | None = None) -> GeneratedQuestion:
+def question(
+    position: int, kind: QuestionKind, topic: str = "My ideal Sunday", key: str | None = None
+) -> GeneratedQuestion:
     answer = key if key is not None else (None if kind is F else f"secret answer {position}")
     return GeneratedQuestion(
-        id=uuid.UUID(int=position + 1), position=position, kind=kind, prompt=f"Question {position} about {topic}",
-        choices=None if kind is F else [answer, "wrong a", "wrong b"], answer_key=answer,
-        template_key="t", variant=0, difficulty=2, topic=topic,
+        id=uuid.UUID(int=position + 1),
+        position=position,
+        kind=kind,
+        prompt=f"Question {position} about {topic}",
+        choices=None if kind is F else [answer, "wrong a", "wrong b"],
+        answer_key=answer,
+        template_key="t",
+        variant=0,
+        difficulty=2,
+        topic=topic,
     )
 
 
-def outcome(q: GeneratedQuestion, score: float, *, feedback: str | None = None, error: str | None = None,
-            passed: bool | None = None) -> QuestionOutcome:
+def outcome(
+    q: GeneratedQuestion,
+    score: float,
+    *,
+    feedback: str | None = None,
+    error: str | None = None,
+    passed: bool | None = None,
+) -> QuestionOutcome:
     return QuestionOutcome(
-        question_id=str(q.id), kind=q.kind, scorer="rule", scorer_version="1", score=score,
-        passed=score >= 0.5 if passed is None else passed, feedback=feedback, error=error,
+        question_id=str(q.id),
+        kind=q.kind,
+        scorer="rule",
+        scorer_version="1",
+        score=score,
+        passed=score >= 0.5 if passed is None else passed,
+        feedback=feedback,
+        error=error,
     )
 
 
 def quiz() -> list[GeneratedQuestion]:
-    return [question(0, C, "My ideal Sunday"), question(1, C, "I geek out on"), question(2, K, "pace"),
-            question(3, K, "photos"), question(4, F)]
+    return [
+        question(0, C, "My ideal Sunday"),
+        question(1, C, "I geek out on"),
+        question(2, K, "pace"),
+        question(3, K, "photos"),
+        question(4, F),
+    ]
 
 
 def run(scores: list[float], policy: ScoringPolicy = POLICY, **kw):
@@ -66,7 +92,9 @@ def test_total_is_weight_averaged() -> None:
 
 def test_weights_change_the_result() -> None:
     scores = [1, 1, 1, 1, 0]
-    heavy_free = ScoringPolicy(weights={**WEIGHTS, "FREE_RESPONSE": 10.0}, pass_threshold=0.8, question_pass_threshold=0.5)
+    heavy_free = ScoringPolicy(
+        weights={**WEIGHTS, "FREE_RESPONSE": 10.0}, pass_threshold=0.8, question_pass_threshold=0.5
+    )
     verdict = run(scores, heavy_free)
     assert verdict.score == round(5 / 15, 4) and not verdict.passed
 
@@ -77,8 +105,12 @@ def test_missing_weight_defaults_to_one() -> None:
 
 
 def test_zero_total_weight_scores_zero() -> None:
-    policy = ScoringPolicy(weights={"COMPREHENSION": 0, "CONSENT": 0, "FREE_RESPONSE": 0},
-                           pass_threshold=0.0, question_pass_threshold=0.5, consent_must_all_pass=False)
+    policy = ScoringPolicy(
+        weights={"COMPREHENSION": 0, "CONSENT": 0, "FREE_RESPONSE": 0},
+        pass_threshold=0.0,
+        question_pass_threshold=0.5,
+        consent_must_all_pass=False,
+    )
     verdict = run([1, 1, 1, 1, 1], policy)
     assert verdict.score == 0.0
     assert verdict.passed  # 0.0 >= threshold 0.0
@@ -105,8 +137,9 @@ def test_a_missed_consent_item_fails_whatever_the_total() -> None:
 
 
 def test_consent_rule_can_be_switched_off() -> None:
-    policy = ScoringPolicy(weights={"CONSENT": 0.1}, pass_threshold=0.5, question_pass_threshold=0.5,
-                           consent_must_all_pass=False)
+    policy = ScoringPolicy(
+        weights={"CONSENT": 0.1}, pass_threshold=0.5, question_pass_threshold=0.5, consent_must_all_pass=False
+    )
     verdict = run([1, 1, 1, 0, 1], policy)
     assert verdict.passed and verdict.feedback == []
 
@@ -133,8 +166,11 @@ def test_feedback_names_topics_but_never_the_answer_key() -> None:
 
 
 def test_scorer_feedback_is_used_when_present() -> None:
-    verdict = run([1, 1, 1, 1, 0], ScoringPolicy(weights={"FREE_RESPONSE": 10.0}, pass_threshold=0.8,
-                                                 question_pass_threshold=0.5), feedback="Write at least 20 characters.")
+    verdict = run(
+        [1, 1, 1, 1, 0],
+        ScoringPolicy(weights={"FREE_RESPONSE": 10.0}, pass_threshold=0.8, question_pass_threshold=0.5),
+        feedback="Write at least 20 characters.",
+    )
     assert verdict.feedback == ["Write at least 20 characters."]
 
 

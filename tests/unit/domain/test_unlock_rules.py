@@ -110,13 +110,16 @@ def test_may_start_waits_for_the_window_when_the_limit_is_spent() -> None:
 def test_decision_and_admission_agree_over_random_histories() -> None:
     rng = random.Random(1234)
     for _ in range(500):
-        policy = RetryPolicy(cooldown_seconds=rng.choice([0, 1, 60, 3600, 2 * 86400]),
-                             max_attempts_per_day=rng.randint(1, 5))
+        policy = RetryPolicy(
+            cooldown_seconds=rng.choice([0, 1, 60, 3600, 2 * 86400]), max_attempts_per_day=rng.randint(1, 5)
+        )
         failures = [NOW - timedelta(seconds=rng.randint(1, 2 * 86400)) for _ in range(rng.randint(0, 8))]
         failures.append(NOW)  # this attempt failed
         decision = decide_after_attempt(False, failures, NOW, policy)
         recent = [f for f in failures if f > NOW - WINDOW]
-        expected_state = UnlockState.COOLDOWN if len(recent) >= policy.max_attempts_per_day else UnlockState.RETRY_AVAILABLE
+        expected_state = (
+            UnlockState.COOLDOWN if len(recent) >= policy.max_attempts_per_day else UnlockState.RETRY_AVAILABLE
+        )
         assert decision.state is expected_state
         retry = decision.retry_available_at
         assert retry is not None and retry >= NOW + timedelta(seconds=policy.cooldown_seconds)

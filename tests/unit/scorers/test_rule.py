@@ -12,8 +12,12 @@ QUESTION = "In your own words, what would you like to ask Ada about “My ideal 
 
 def choice(response: str, answer_key: str | None = "Road trips with no fixed plan", qid: str = "q1") -> ScoreRequest:
     return ScoreRequest(
-        question_id=qid, kind="COMPREHENSION", prompt="Which answer is Ada's?", response=response,
-        choices=["Road trips with no fixed plan", "Karaoke nights"], answer_key=answer_key,
+        question_id=qid,
+        kind="COMPREHENSION",
+        prompt="Which answer is Ada's?",
+        response=response,
+        choices=["Road trips with no fixed plan", "Karaoke nights"],
+        answer_key=answer_key,
     )
 
 
@@ -60,7 +64,9 @@ async def test_choice_without_answer_key_scores_zero() -> None:
 
 @pytest.mark.asyncio
 async def test_choice_scorer_batches_keep_question_ids() -> None:
-    results = await ChoiceScorer().score([choice("Karaoke nights", qid="a"), choice("Road trips with no fixed plan", qid="b")])
+    results = await ChoiceScorer().score(
+        [choice("Karaoke nights", qid="a"), choice("Road trips with no fixed plan", qid="b")]
+    )
     assert {r.question_id: r.score for r in results} == {"a": 0.0, "b": 1.0}
     assert await ChoiceScorer().score([]) == []
 

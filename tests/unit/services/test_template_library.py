@@ -50,7 +50,10 @@ def test_real_library_makes_full_quizzes_at_every_difficulty() -> None:
         user_id=uuid.uuid4(),
         display_name="Sam",
         prompts=[PromptPair("A perfect day", "Sea swimming then chips"), PromptPair("I'm weirdly good at", "Origami")],
-        consent_preferences=[ConsentPreference("pace", "Slow is good"), ConsentPreference("meeting", "Public places first")],
+        consent_preferences=[
+            ConsentPreference("pace", "Slow is good"),
+            ConsentPreference("meeting", "Public places first"),
+        ],
     )
     shape = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=6)
     for difficulty in range(1, 6):
@@ -123,4 +126,12 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
 def test_invalid_entries_name_the_file(tmp_path: Path, body: str) -> None:
     write(tmp_path, "entries.toml", "[[template]]\n" + body)
     with pytest.raises(TemplateFileError, match=r"entries\.toml"):
+        read_template_files(str(tmp_path))
+
+
+def test_distractors_take_no_placeholders(tmp_path: Path) -> None:
+    (tmp_path / "lib.toml").write_text(
+        '[[template]]\nkey = "d"\nkind = "CONSENT"\npurpose = "DISTRACTOR"\ntext = "Ask {name} first"\n'
+    )
+    with pytest.raises(TemplateFileError, match="distractors take no placeholders"):
         read_template_files(str(tmp_path))
