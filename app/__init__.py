@@ -11,10 +11,8 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from strawberry.litestar import make_graphql_controller
 
-from app.api.graphql.context import context_getter
-from app.api.graphql.schema import build_schema
+from app.api.graphql.controller import build_graphql_controller
 from app.api.rest.controllers import ConnectionKeyController, HealthController, ProfileController
 from app.api.rest.problems import exception_handlers
 from app.cli import ConnectionKeyCLIPlugin
@@ -38,15 +36,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             print(f"connection-key: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     configure_logging(settings.logging)
-    graphql = make_graphql_controller(
-        build_schema(),
-        path=settings.server.graphql_path,
-        graphql_ide="graphiql" if settings.is_development else None,
-        context_getter=context_getter,
-        allow_queries_via_get=False,
-    )
     return Litestar(
-        route_handlers=[graphql, ConnectionKeyController, ProfileController, HealthController],
+        route_handlers=[
+            build_graphql_controller(settings),
+            ConnectionKeyController,
+            ProfileController,
+            HealthController,
+        ],
         lifespan=[services_lifespan(settings)],
         middleware=[request_id_middleware],
         exception_handlers=exception_handlers,

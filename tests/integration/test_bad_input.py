@@ -237,3 +237,15 @@ async def test_conversations_are_visible_to_participants_only(api: Api, quiz: di
     assert (await api.gql(query, quiz["bob"], id=conversation_id))["data"]["conversation"]["unlockState"] == "LOCKED"
     assert _code(await api.gql(query, quiz["carol"], id=conversation_id)) == "FORBIDDEN"
     assert (await api.gql(query, quiz["carol"], id=str(uuid.uuid4())))["data"]["conversation"] is None
+
+
+@pytest.mark.asyncio
+async def test_malformed_graphql_requests_get_typed_errors(api: Api) -> None:
+    headers = {"content-type": "application/json"}
+    for body in (b"{bad", b"[]", b'{"query": 5}', b'{"query": "{ me { userId } }", "variables": "x"}'):
+        response = await api.client.post("/graphql", content=body, headers=headers)
+        assert response.status_code == 400, body
+        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    get = await api.client.get("/graphql", params={"query": "{ me { userId } }"})
+    assert get.status_code in (400, 405)
+    assert (await api.client.get("/graphql", headers={"accept": "text/html"})).status_code != 200  # no GraphiQL
