@@ -260,3 +260,15 @@ def test_table_settings_from_the_environment_are_json(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, ""), environ=env).signing.keys == keys
     with pytest.raises(SettingsError, match="CK_SIGNING__KEYS"):
         load_settings(write(tmp_path, ""), environ={"CK_SIGNING__KEYS": "{broken"})
+
+
+def test_the_project_settings_file_lists_every_setting_and_matches_the_defaults() -> None:
+    import re
+
+    path = Path(__file__).resolve().parents[2] / "litestar.toml"
+    text = path.read_text(encoding="utf-8")
+    assert load_settings(path, environ={}) == Settings()
+    for section in Settings.__struct_fields__:
+        assert f"[{section}]" in text, section
+        for key in getattr(Settings(), section).__struct_fields__:
+            assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE) or f"[{section}.{key}]" in text, f"{section}.{key}"
