@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from app.api.rest.dependencies import provide_principal, provide_services
+from app.api.rest.problems import problem_responses
 from app.auth import Principal
 from app.db.profile_store import ProfileRecord
 from app.domain.contract import (
@@ -36,7 +37,13 @@ class ConnectionKeyController(Controller):
         "principal": Provide(provide_principal),
     }
 
-    @post("/", status_code=201, summary="Issue a connection key", description=_ERRORS)
+    @post(
+        "/",
+        status_code=201,
+        summary="Issue a connection key",
+        description=_ERRORS,
+        responses=problem_responses(400, 401, 403, 404, 409, 429, 503),
+    )
     async def create(
         self,
         data: JSONBody[CreateConnectionKeyInput],
@@ -51,7 +58,13 @@ class ConnectionKeyController(Controller):
             requester = data.requester_user_id
         return await services.create_key(requester, data.target_user_id)
 
-    @post("/{key_id:uuid}/responses", status_code=201, summary="Submit answers", description=_ERRORS)
+    @post(
+        "/{key_id:uuid}/responses",
+        status_code=201,
+        summary="Submit answers",
+        description=_ERRORS,
+        responses=problem_responses(400, 401, 403, 409, 410, 429),
+    )
     async def respond(
         self,
         key_id: FromPath[uuid.UUID],
@@ -73,7 +86,12 @@ class ProfileController(Controller):
         "principal": Provide(provide_principal),
     }
 
-    @put("/{user_id:uuid}", summary="Create or replace a profile", description=_ERRORS)
+    @put(
+        "/{user_id:uuid}",
+        summary="Create or replace a profile",
+        description=_ERRORS,
+        responses=problem_responses(400, 401, 403),
+    )
     async def upsert(
         self,
         user_id: FromPath[uuid.UUID],

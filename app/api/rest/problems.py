@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 
 from app.errors import ErrorCode, ServiceError
 
-__all__ = ["PROBLEM_JSON", "exception_handlers", "problem"]
+__all__ = ["PROBLEM_JSON", "Problem", "exception_handlers", "problem", "problem_responses"]
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -22,11 +24,36 @@ _STATUS_CODES = {
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.BAD_USER_INPUT,
     409: ErrorCode.CONFLICT,
+    410: ErrorCode.PAYLOAD_EXPIRED,
     413: ErrorCode.BAD_USER_INPUT,
     415: ErrorCode.BAD_USER_INPUT,
     429: ErrorCode.RATE_LIMITED,
     503: ErrorCode.UNAVAILABLE,
 }
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """RFC 9457 problem details with this service's ``code`` (the same codes as GraphQL's ``extensions.code``)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    retryAfter: int | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI response entries for the given error statuses, all ``application/problem+json``."""
+    return {
+        status: ResponseSpec(
+            Problem,
+            description=f"{_STATUS_CODES.get(status, ErrorCode.INTERNAL).value} (and the other codes of this status)",
+            media_type=PROBLEM_JSON,
+        )
+        for status in statuses
+    }
 
 
 def problem(request: Request[Any, Any, Any], status: int, code: ErrorCode, detail: str, **extra: Any) -> Response[Any]:
