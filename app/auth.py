@@ -242,7 +242,7 @@ class JwtVerifier:
                 self._file_keys = _parse_jwks(raw)
             except (OSError, ValueError) as exc:
                 # Not cached: a file briefly missing during a deploy must not stick forever.
-                log.debug("jwks_file_unusable", error=type(exc).__name__)
+                log.warning("jwks_file_unusable", error=type(exc).__name__)
         if settings.jwks_url:
             async with self._lock:  # concurrent verifies share one fetch instead of stampeding
                 now = self._clock()
@@ -255,7 +255,7 @@ class JwtVerifier:
                         self._url_fetched_at = now
                     except (OSError, ValueError, http.client.HTTPException) as exc:
                         # Keep serving the last good keys; an outage must not log everyone out.
-                        log.debug("jwks_fetch_failed", error=type(exc).__name__)
+                        log.warning("jwks_fetch_failed", error=type(exc).__name__)
         return [*(self._file_keys or ()), *self._url_keys]
 
 
