@@ -38,6 +38,11 @@ _MAX_TOKEN_CHARS = 16 * 1024  # far above any real Supabase token; bounds work s
 _MAX_JWKS_BYTES = 1024 * 1024
 _JWKS_TIMEOUT_SECONDS = 5.0
 _REFETCH_MIN_INTERVAL_SECONDS = 30.0  # an attacker inventing kids must not turn us into a JWKS hammer
+# Verified tokens are remembered briefly: a client sends the same token with every request, and
+# signature checks are a measurable share of a request. Short, so a key withdrawn from the JWKS
+# stops working within a minute; bounded, so junk cannot grow it.
+_VERIFIED_CACHE_SECONDS = 60.0
+_VERIFIED_CACHE_SIZE = 10_000
 
 # Most specific first: InvalidSignatureError is a DecodeError, everything is a PyJWTError.
 _PYJWT_FAILURES: tuple[tuple[type[Exception], str, str], ...] = (
@@ -157,6 +162,7 @@ class JwtVerifier:
         self._last_fetch_attempt: float | None = None
         self._lock = asyncio.Lock()
         self._clock = time.monotonic
+        self._verified: dict[str, tuple[float, Principal]] = {}
 
     async def verify_authorization_header(self, header: str | None) -> Principal:
         """Verify an ``Authorization: Bearer <token>`` header value (scheme case-insensitive)."""
@@ -171,6 +177,20 @@ class JwtVerifier:
         """Verify signature and claims; raise ``ServiceError(UNAUTHENTICATED)`` on any failure."""
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise _reject("malformed", "Token is malformed")
+        hit = self._verified.get(token)
+        if hit is not None:
+            remembered_until, principal = hit
+            still_valid = principal.expires_at.timestamp() + self._settings.leeway_seconds > time.time()
+            if still_valid and self._clock() < remembered_until:
+                return principal
+            del self._verified[token]
+        principal = await self._verify_uncached(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (self._clock() + _VERIFIED_CACHE_SECONDS, principal)
+        return principal
+
+    async def _verify_uncached(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -197,6 +217,7 @@ class JwtVerifier:
     async def aclose(self) -> None:
         """Drop cached keys; nothing else is held open between calls."""
         self._file_keys, self._url_keys = None, []
+        self._verified.clear()
         self._url_fetched_at = self._last_fetch_attempt = None
 
     def _principal(self, claims: dict[str, Any]) -> Principal:

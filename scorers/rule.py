@@ -54,7 +54,9 @@ class FreeResponseRuleScorer:
         if len(text) > MAX_FREE_RESPONSE:
             return ScoreResult(request.question_id, 0.0, f"Keep it under {MAX_FREE_RESPONSE:,} characters.")
         answer, question = _normalise(text), _normalise(request.prompt)
-        if answer in question or difflib.SequenceMatcher(None, answer, question).ratio() >= COPY_SIMILARITY:
+        matcher = difflib.SequenceMatcher(None, answer, question)
+        # quick_ratio bounds ratio from above and is cheap; the full ratio is quadratic.
+        if answer in question or (matcher.quick_ratio() >= COPY_SIMILARITY and matcher.ratio() >= COPY_SIMILARITY):
             return ScoreResult(request.question_id, 0.0, "Answer in your own words rather than repeating the question.")
         return ScoreResult(request.question_id, 1.0)
 

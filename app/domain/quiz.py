@@ -145,3 +145,4 @@ class IssuedQuiz(Struct, frozen=True):
     signed_payload: str
     issued_at: datetime
     expires_at: datetime
+    target_locale: str | None = None

@@ -154,6 +154,7 @@ class CreateConnectionKey:
             signed_payload=deps.signer.sign(claims),
             issued_at=now,
             expires_at=claims.expires_at_datetime,
+            target_locale=target.locale,
         )
         event = KeyCreated(key_id, conversation_id, requester_id, target.user_id, quiz.expires_at)
         async with deps.db.transaction():

@@ -58,7 +58,9 @@ class SubmitConnectionKey:
             raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload names an unknown quiz.")
         quiz, _ = found
         target = await self._deps.profiles.get_profile(quiz.target_id)
-        return msgspec.structs.replace(quiz, target_name=target.display_name if target else "them")
+        return msgspec.structs.replace(
+            quiz, target_name=target.display_name if target else "them", target_locale=target.locale if target else None
+        )
 
     @staticmethod
     def _answers(quiz: IssuedQuiz, claims: PayloadClaims, answers: list[AnswerInput]) -> dict[str, AnswerInput]:
@@ -106,8 +108,7 @@ class SubmitConnectionKey:
             )
         quiz = await self._load(claims)
         answers = self._answers(quiz, claims, data.answers)
-        target = await deps.profiles.get_profile(quiz.target_id)
-        outcomes = await self._runner.score(quiz, answers, target.locale if target else None)
+        outcomes = await self._runner.score(quiz, answers, quiz.target_locale)
         verdict = summarise(quiz.questions, outcomes, self._policy, quiz.target_name)
         now = deps.clock()
         attempt_id = uuid.uuid4()
@@ -118,8 +119,9 @@ class SubmitConnectionKey:
                 if status == KeyStatus.SUPERSEDED:
                     raise ServiceError(ErrorCode.CONFLICT, "A newer quiz was issued; answer that one instead.")
                 raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
-            failures = await deps.keys.recent_failures(quiz.requester_id, quiz.conversation_id, now - WINDOW)
-            if not verdict.passed:
+            failures = []
+            if not verdict.passed:  # a pass unlocks whatever the history; only a failure needs it
+                failures = await deps.keys.recent_failures(quiz.requester_id, quiz.conversation_id, now - WINDOW)
                 failures.append(now)
             decision = decide_after_attempt(verdict.passed, failures, now, deps.retry_policy)
             await deps.keys.insert_attempt(

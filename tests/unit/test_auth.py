@@ -562,3 +562,26 @@ def test_module_does_not_import_web_frameworks() -> None:
     source = Path(auth.__file__).read_text(encoding="utf-8")
     for name in ("litestar", "strawberry", "piccolo"):
         assert f"import {name}" not in source and f"from {name}" not in source
+
+
+@pytest.mark.asyncio
+async def test_verified_tokens_are_remembered_briefly_and_never_past_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = JwtVerifier(AuthSettings(leeway_seconds=0))
+    token = mint_token(AuthSettings().jwt_secret, USER, ttl_seconds=2)
+    first = await verifier.verify(token)
+    calls = []
+    original = verifier._verify_uncached
+
+    async def counting(t: str):
+        calls.append(t)
+        return await original(t)
+
+    monkeypatch.setattr(verifier, "_verify_uncached", counting)
+    assert await verifier.verify(token) == first and calls == []  # remembered
+    now = time.monotonic()
+    monkeypatch.setattr(verifier, "_clock", lambda: now + 61)
+    assert await verifier.verify(token) == first and len(calls) == 1  # re-verified after the cache window
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 5)
+    await verifier.verify(token)  # past exp by the cache's clock: it re-verifies instead of answering
+    assert len(calls) == 2
