@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -133,19 +134,55 @@ class KeyStore:
         )
         return quiz, row["status"]
 
-    async def status(self, key_id: uuid.UUID) -> str | None:
-        row = await ConnectionKey.select(ConnectionKey.status).where(ConnectionKey.id == key_id).first().run()
-        return row["status"] if row else None
-
-    async def claim(self, key_id: uuid.UUID, now: datetime) -> bool:
-        """Atomically move ISSUED -> SUBMITTED; ``False`` when another submission (or a newer key) got there first."""
+    async def claim_many(self, key_ids: Sequence[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+        """Atomically move each ISSUED key to SUBMITTED in one statement; returns the ids this call
+        claimed (a key submitted or superseded before is not among them)."""
+        if not key_ids:
+            return set()
         rows = (
             await ConnectionKey.update({ConnectionKey.status: KeyStatus.SUBMITTED, ConnectionKey.submitted_at: now})
-            .where((ConnectionKey.id == key_id) & (ConnectionKey.status == KeyStatus.ISSUED))
+            .where(ConnectionKey.id.is_in(list(key_ids)) & (ConnectionKey.status == KeyStatus.ISSUED))
             .returning(ConnectionKey.id)
             .run()
         )
-        return bool(rows)
+        return {row["id"] for row in rows}
+
+    async def statuses(self, key_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Current status of each existing key among ``key_ids``."""
+        if not key_ids:
+            return {}
+        rows = (
+            await ConnectionKey.select(ConnectionKey.id, ConnectionKey.status)
+            .where(ConnectionKey.id.is_in(list(key_ids)))
+            .run()
+        )
+        return {row["id"]: row["status"] for row in rows}
+
+    async def recent_failures_many(
+        self, pairs: Collection[tuple[uuid.UUID, uuid.UUID]], since: datetime
+    ) -> dict[tuple[uuid.UUID, uuid.UUID], list[datetime]]:
+        """:meth:`recent_failures` for several (requester, conversation) pairs in one query."""
+        found: dict[tuple[uuid.UUID, uuid.UUID], list[datetime]] = {pair: [] for pair in pairs}
+        if not pairs:
+            return found
+        rows = (
+            await ConnectionKeyAttempt.select(
+                ConnectionKeyAttempt.requester_id,
+                ConnectionKeyAttempt.conversation_id,
+                ConnectionKeyAttempt.submitted_at,
+            )
+            .where(
+                ConnectionKeyAttempt.requester_id.is_in(list({requester for requester, _ in pairs}))
+                & (ConnectionKeyAttempt.passed == False)  # noqa: E712 - Piccolo operator
+                & (ConnectionKeyAttempt.submitted_at > since)
+            )
+            .run()
+        )
+        for row in rows:
+            pair = (row["requester_id"], row["conversation_id"])
+            if pair in found:
+                found[pair].append(row["submitted_at"])
+        return found
 
     async def open_keys(self, requester_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
         """Ids of the requester's keys that can still be submitted, newest first."""
@@ -177,7 +214,9 @@ class KeyStore:
         )
         return [row["submitted_at"] for row in rows]
 
-    async def insert_attempt(self, attempt: AttemptRow) -> None:
-        await ConnectionKeyAttempt.insert(
-            ConnectionKeyAttempt(**{f: getattr(attempt, f) for f in attempt.__struct_fields__})
-        ).run()
+    async def insert_attempts(self, attempts: Sequence[AttemptRow]) -> None:
+        """Insert attempt rows in one statement."""
+        if attempts:
+            await ConnectionKeyAttempt.insert(
+                *(ConnectionKeyAttempt(**{f: getattr(a, f) for f in a.__struct_fields__}) for a in attempts)
+            ).run()

@@ -99,14 +99,21 @@ class OutboxStore:
             values[ConnectionKeyEvent.published_at] = now
         await ConnectionKeyEvent.update(values).where(ConnectionKeyEvent.sequence == sequence).run()
 
-    async def record_processed(self, consumer: str, event_id: uuid.UUID, now: datetime) -> bool:
-        """Record that ``consumer`` applied ``event_id``; ``False`` if it already had (inside the
-        consumer's transaction, so the record and the change commit together)."""
-        row_id = processed_event_id(consumer, event_id)
-        exists = await ProcessedEvent.exists().where(ProcessedEvent.id == row_id).run()
-        if exists:
-            return False
-        await ProcessedEvent.insert(
-            ProcessedEvent(id=row_id, consumer=consumer, event_id=event_id, processed_at=now)
-        ).run()
-        return True
+    async def record_processed_many(
+        self, consumer: str, event_ids: Sequence[uuid.UUID], now: datetime
+    ) -> set[uuid.UUID]:
+        """Record several events at once; returns the ids that were new (not applied before)."""
+        if not event_ids:
+            return set()
+        rows = (
+            await ProcessedEvent.insert(
+                *(
+                    ProcessedEvent(id=processed_event_id(consumer, e), consumer=consumer, event_id=e, processed_at=now)
+                    for e in dict.fromkeys(event_ids)
+                )
+            )
+            .on_conflict(action="DO NOTHING")
+            .returning(ProcessedEvent.event_id)
+            .run()
+        )
+        return {row["event_id"] for row in rows}

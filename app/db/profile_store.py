@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -100,6 +101,13 @@ class ProfileStore:
     async def get_conversation(self, conversation_id: uuid.UUID) -> ConversationRecord | None:
         row = await Conversation.select().where(Conversation.id == conversation_id).first().run()
         return conversation_record(row) if row else None
+
+    async def get_conversations(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ConversationRecord]:
+        """Conversations by id (missing ids are absent from the result)."""
+        if not ids:
+            return {}
+        rows = await Conversation.select().where(Conversation.id.is_in(list(ids))).run()
+        return {row["id"]: conversation_record(row) for row in rows}
 
     async def get_or_create_conversation(self, a: uuid.UUID, b: uuid.UUID, now: datetime) -> ConversationRecord:
         """The pair's conversation, created LOCKED on first use; safe under concurrent first use."""

@@ -22,6 +22,7 @@ from app.db.profile_store import ProfileStore
 from app.db.tables import utcnow
 from app.db.template_store import TemplateStore
 from app.domain.signing import PayloadSigner
+from app.services.attempt_writer import AttemptWriter
 from app.services.create_key import CreateConnectionKey, KeyDependencies
 from app.services.outbox_relay import OutboxRelay
 from app.services.profiles import ProfileService
@@ -102,6 +103,9 @@ async def open_services(
             clock=clock,
             on_events_written=relay.wake,
         )
+        writer = await stack.enter_async_context(
+            AttemptWriter(db, key_store, outbox, deps.retry_policy, clock, relay.wake)
+        )
         orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
         bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
         queue = TaskQueue(settings.queue.max_size, settings.queue.workers)
@@ -125,7 +129,7 @@ async def open_services(
             key_store=key_store,
             profiles=ProfileService(profile_store, clock),
             create_key=CreateConnectionKey(deps, templates, queue),
-            submit_key=SubmitConnectionKey(deps, runner),
+            submit_key=SubmitConnectionKey(deps, runner, writer),
             orchestrator=orchestrator,
             clock=clock,
         )

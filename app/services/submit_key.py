@@ -1,4 +1,5 @@
-"""Use case: score a submitted quiz, record the attempt and emit QUIZ_COMPLETED, atomically."""
+"""Use case: score a submitted quiz, then record the attempt and emit QUIZ_COMPLETED atomically
+(through :class:`app.services.attempt_writer.AttemptWriter`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import uuid
 import msgspec
 import structlog
 
-from app.db.key_store import AttemptRow, KeyStatus
-from app.db.outbox_store import new_envelope
 from app.domain.contract import AnswerInput, ConnectionKeyResponseInput, ConnectionKeyResult, QuestionScore
-from app.domain.events import EventType, QuizCompleted
 from app.domain.quiz import IssuedQuiz
 from app.domain.scoring import ScoringPolicy, summarise
 from app.domain.signing import PayloadClaims, PayloadExpired, PayloadInvalid
-from app.domain.unlock_rules import WINDOW, decide_after_attempt
 from app.errors import ErrorCode, ServiceError
+from app.services.attempt_writer import AttemptWriter, PendingAttempt
 from app.services.create_key import KeyDependencies, quiz_cache_key
 from app.services.limits import enforce_limit
 from app.services.scoring_runner import ScoringRunner
@@ -24,15 +22,15 @@ __all__ = ["SubmitConnectionKey"]
 
 log = structlog.get_logger(__name__)
 _quiz_decoder = msgspec.json.Decoder(IssuedQuiz)
-_json = msgspec.json.Encoder()
 
 
 class SubmitConnectionKey:
-    """Verify, validate, score, then claim the key and write attempt + event in one transaction."""
+    """Verify, validate and score; the writer then claims the key and commits attempt + event."""
 
-    def __init__(self, deps: KeyDependencies, runner: ScoringRunner) -> None:
+    def __init__(self, deps: KeyDependencies, runner: ScoringRunner, writer: AttemptWriter) -> None:
         self._deps = deps
         self._runner = runner
+        self._writer = writer
         scoring = deps.settings.scoring
         self._policy = ScoringPolicy(
             weights=dict(scoring.weights),
@@ -110,53 +108,8 @@ class SubmitConnectionKey:
         answers = self._answers(quiz, claims, data.answers)
         outcomes = await self._runner.score(quiz, answers, quiz.target_locale)
         verdict = summarise(quiz.questions, outcomes, self._policy, quiz.target_name)
-        now = deps.clock()
         attempt_id = uuid.uuid4()
-        elapsed = [a.elapsed_ms for a in data.answers if a.elapsed_ms is not None]
-        async with deps.db.transaction():
-            if not await deps.keys.claim(quiz.key_id, now):
-                status = await deps.keys.status(quiz.key_id)
-                if status == KeyStatus.SUPERSEDED:
-                    raise ServiceError(ErrorCode.CONFLICT, "A newer quiz was issued; answer that one instead.")
-                raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
-            failures = []
-            if not verdict.passed:  # a pass unlocks whatever the history; only a failure needs it
-                failures = await deps.keys.recent_failures(quiz.requester_id, quiz.conversation_id, now - WINDOW)
-                failures.append(now)
-            decision = decide_after_attempt(verdict.passed, failures, now, deps.retry_policy)
-            await deps.keys.insert_attempt(
-                AttemptRow(
-                    id=attempt_id,
-                    connection_key_id=quiz.key_id,
-                    conversation_id=quiz.conversation_id,
-                    requester_id=quiz.requester_id,
-                    target_id=quiz.target_id,
-                    responses=_json.encode(data.answers).decode(),
-                    total_elapsed_ms=sum(elapsed) if elapsed else None,
-                    score=verdict.score,
-                    passed=verdict.passed,
-                    breakdown=_json.encode(verdict.breakdown).decode(),
-                    feedback=_json.encode(verdict.feedback).decode(),
-                    unlock_state=decision.state.value,
-                    retry_available_at=decision.retry_available_at,
-                    started_at=quiz.issued_at,
-                    submitted_at=now,
-                )
-            )
-            event = QuizCompleted(
-                attempt_id=attempt_id,
-                key_id=quiz.key_id,
-                conversation_id=quiz.conversation_id,
-                requester_id=quiz.requester_id,
-                target_id=quiz.target_id,
-                score=verdict.score,
-                passed=verdict.passed,
-                unlock_state=decision.state,
-                retry_available_at=decision.retry_available_at,
-                completed_at=now,
-            )
-            await deps.outbox.append([new_envelope(EventType.QUIZ_COMPLETED, quiz.conversation_id, event, now)])
-        deps.on_events_written()
+        decision = await self._writer.write(PendingAttempt(attempt_id, quiz, verdict, data.answers))
         await deps.cache.delete(quiz_cache_key(quiz.key_id))
         log.info("quiz submitted", key_id=str(quiz.key_id), passed=verdict.passed, unlock_state=decision.state.value)
         return ConnectionKeyResult(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -11,7 +13,7 @@ import structlog
 from app.adapters.pubsub import PubSub
 from app.db.engine import Database
 from app.db.outbox_store import OutboxStore, new_envelope
-from app.db.profile_store import ProfileStore
+from app.db.profile_store import ConversationRecord, ProfileStore
 from app.db.tables import Conversation
 from app.domain.events import ConversationStatusChanged, EventEnvelope, EventType, QuizCompleted, decode_payload
 from app.domain.quiz import UnlockState
@@ -68,44 +70,66 @@ class UnlockOrchestrator:
         return (await self._apply_batch([envelope]))[0]
 
     async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> list[ConversationStatusChanged | None]:
+        # Set-based: a batch costs a few statements (record, read, update per resulting state, append),
+        # not a few per event. Events apply in order, so two for one conversation compose correctly.
+        events = [(envelope, decode_payload(envelope)) for envelope in envelopes]
         now = self._clock()
         statuses: list[ConversationStatusChanged | None] = []
         async with self._db.transaction():
-            for envelope in envelopes:
-                statuses.append(await self._apply_one(envelope, now))
+            fresh = await self._outbox.record_processed_many(CONSUMER_GROUP, [e.event_id for e, _ in events], now)
+            conversations = await self._profiles.get_conversations(
+                {event.conversation_id for envelope, event in events if envelope.event_id in fresh}
+            )
+            states = {cid: record.unlock_state for cid, record in conversations.items()}
+            appended = []
+            for envelope, event in events:
+                assert isinstance(event, QuizCompleted)
+                if envelope.event_id not in fresh:
+                    log.info("duplicate event ignored", event_id=str(envelope.event_id))
+                    statuses.append(None)
+                    continue
+                fresh.discard(envelope.event_id)  # the same event twice in one batch applies once
+                if event.conversation_id not in conversations:
+                    raise LookupError(f"conversation {event.conversation_id} does not exist")
+                current = states[event.conversation_id]
+                state = next_conversation_state(current, UnlockDecision(event.unlock_state, event.retry_available_at))
+                states[event.conversation_id] = state
+                status = ConversationStatusChanged(
+                    conversation_id=event.conversation_id,
+                    participant_ids=conversations[event.conversation_id].participant_ids,
+                    unlock_state=state,
+                    attempt_id=event.attempt_id,
+                    score=event.score,
+                    retry_available_at=None if state is UnlockState.UNLOCKED else event.retry_available_at,
+                    updated_at=now,
+                )
+                # An unlocked conversation stays quiet; every failure tells the requester when to retry.
+                if state is not current or state is not UnlockState.UNLOCKED:
+                    appended.append(new_envelope(_STATE_EVENTS[state], event.conversation_id, status, now))
+                statuses.append(status)
+            await self._write_states(conversations, states, now)
+            await self._outbox.append(appended)
         self._on_events_written()
         for status in statuses:
             if status is not None:
                 await self._pubsub.publish(status_channel(status.conversation_id), self._encoder.encode(status))
+                log.info(
+                    "conversation updated",
+                    conversation_id=str(status.conversation_id),
+                    unlock_state=status.unlock_state.value,
+                )
         return statuses
 
-    async def _apply_one(self, envelope: EventEnvelope, now: datetime) -> ConversationStatusChanged | None:
-        event = decode_payload(envelope)
-        assert isinstance(event, QuizCompleted)
-        if not await self._outbox.record_processed(CONSUMER_GROUP, envelope.event_id, now):
-            log.info("duplicate event ignored", event_id=str(envelope.event_id))
-            return None
-        conversation = await self._profiles.get_conversation(event.conversation_id)
-        if conversation is None:
-            raise LookupError(f"conversation {event.conversation_id} does not exist")
-        decision = UnlockDecision(event.unlock_state, event.retry_available_at)
-        state = next_conversation_state(conversation.unlock_state, decision)
-        changed = state is not conversation.unlock_state
-        values: dict = {Conversation.unlock_state: state.value, Conversation.updated_at: now}
-        if state is UnlockState.UNLOCKED and changed:
-            values[Conversation.unlocked_at] = now
-        await Conversation.update(values).where(Conversation.id == conversation.id).run()
-        status = ConversationStatusChanged(
-            conversation_id=conversation.id,
-            participant_ids=conversation.participant_ids,
-            unlock_state=state,
-            attempt_id=event.attempt_id,
-            score=event.score,
-            retry_available_at=None if state is UnlockState.UNLOCKED else event.retry_available_at,
-            updated_at=now,
-        )
-        # An already-unlocked conversation stays quiet; every failure tells the requester when to retry.
-        if changed or state is not UnlockState.UNLOCKED:
-            await self._outbox.append([new_envelope(_STATE_EVENTS[state], conversation.id, status, now)])
-        log.info("conversation updated", conversation_id=str(conversation.id), unlock_state=state.value)
-        return status
+    @staticmethod
+    async def _write_states(
+        before: dict[uuid.UUID, ConversationRecord], after: dict[uuid.UUID, UnlockState], now: datetime
+    ) -> None:
+        groups: defaultdict[tuple[UnlockState, bool], list[uuid.UUID]] = defaultdict(list)
+        for cid, state in after.items():
+            newly_unlocked = state is UnlockState.UNLOCKED and before[cid].unlock_state is not UnlockState.UNLOCKED
+            groups[(state, newly_unlocked)].append(cid)
+        for (state, newly_unlocked), ids in groups.items():
+            values: dict = {Conversation.unlock_state: state.value, Conversation.updated_at: now}
+            if newly_unlocked:
+                values[Conversation.unlocked_at] = now
+            await Conversation.update(values).where(Conversation.id.is_in(ids)).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import msgspec
@@ -172,3 +173,30 @@ async def _envelopes() -> list[EventEnvelope]:
         )
         for r in rows
     ]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_submissions_commit_together_and_each_counts_once(api: Api) -> None:
+    """Submissions arriving together share a commit (group commit); each is still claimed exactly once."""
+    pairs = [(uuid.uuid4(), uuid.uuid4()) for _ in range(12)]
+    for _, target in pairs:
+        await api.upsert_profile(target, "Target")
+    payloads = [await api.create_key(requester, target) for requester, target in pairs]
+    jobs = []
+    for index, ((requester, _), payload) in enumerate(zip(pairs, payloads, strict=True)):
+        answers = await api.answers(payload, correct=index % 2 == 0)
+        jobs.append(api.submit(requester, payload["signedPayload"], answers))
+        jobs.append(api.submit(requester, payload["signedPayload"], answers))  # a duplicate in the same burst
+    results = await asyncio.gather(*jobs)
+    accepted = [r["data"]["submitConnectionKey"] for r in results if "errors" not in r]
+    replayed = [r["errors"][0]["extensions"]["code"] for r in results if "errors" in r]
+    assert len(accepted) == 12 and replayed == ["PAYLOAD_REPLAYED"] * 12
+    assert sorted(r["unlockState"] for r in accepted) == ["RETRY_AVAILABLE"] * 6 + ["UNLOCKED"] * 6
+    assert await ConnectionKeyAttempt.count().run() == 12
+
+    async def all_applied() -> bool:
+        return await ProcessedEvent.count().run() == 12
+
+    await api.eventually(all_applied)
+    states = sorted(r["unlock_state"] for r in await Conversation.select(Conversation.unlock_state).run())
+    assert states == ["RETRY_AVAILABLE"] * 6 + ["UNLOCKED"] * 6
