@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from app.db.bulk_insert import insert_rows
 from app.db.tables import ConnectionKey, ConnectionKeyAttempt, ConnectionKeyQuestion
 from app.domain.quiz import GeneratedQuestion, IssuedQuiz, QuestionKind
 
@@ -216,7 +217,6 @@ class KeyStore:
 
     async def insert_attempts(self, attempts: Sequence[AttemptRow]) -> None:
         """Insert attempt rows in one statement."""
-        if attempts:
-            await ConnectionKeyAttempt.insert(
-                *(ConnectionKeyAttempt(**{f: getattr(a, f) for f in a.__struct_fields__}) for a in attempts)
-            ).run()
+        t = ConnectionKeyAttempt
+        columns = [t._meta.get_column_by_name(name) for name in AttemptRow.__struct_fields__]
+        await insert_rows(t, columns, [msgspec.structs.astuple(a) for a in attempts])

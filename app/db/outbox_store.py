@@ -8,6 +8,7 @@ from datetime import datetime
 
 import msgspec
 
+from app.db.bulk_insert import insert_rows
 from app.db.tables import ConnectionKeyEvent, ProcessedEvent, processed_event_id
 from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType
 
@@ -40,21 +41,23 @@ class OutboxStore:
     """Appends events inside the caller's transaction; the relay reads and marks them."""
 
     async def append(self, envelopes: Sequence[EventEnvelope]) -> None:
-        if not envelopes:
-            return
-        await ConnectionKeyEvent.insert(
-            *(
-                ConnectionKeyEvent(
-                    event_id=e.event_id,
-                    event_type=e.event_type.value,
-                    aggregate_id=e.aggregate_id,
-                    schema_version=e.schema_version,
-                    payload=bytes(e.payload).decode(),
-                    occurred_at=e.occurred_at,
+        t = ConnectionKeyEvent
+        await insert_rows(
+            t,
+            [t.event_id, t.event_type, t.aggregate_id, t.schema_version, t.payload, t.occurred_at, t.publish_attempts],
+            [
+                (
+                    e.event_id,
+                    e.event_type.value,
+                    e.aggregate_id,
+                    e.schema_version,
+                    bytes(e.payload).decode(),
+                    e.occurred_at,
+                    0,
                 )
                 for e in envelopes
-            )
-        ).run()
+            ],
+        )
 
     async def unpublished(self, limit: int) -> list[OutboxRow]:
         """The oldest unpublished events, in commit order."""
@@ -103,17 +106,12 @@ class OutboxStore:
         self, consumer: str, event_ids: Sequence[uuid.UUID], now: datetime
     ) -> set[uuid.UUID]:
         """Record several events at once; returns the ids that were new (not applied before)."""
-        if not event_ids:
-            return set()
-        rows = (
-            await ProcessedEvent.insert(
-                *(
-                    ProcessedEvent(id=processed_event_id(consumer, e), consumer=consumer, event_id=e, processed_at=now)
-                    for e in dict.fromkeys(event_ids)
-                )
-            )
-            .on_conflict(action="DO NOTHING")
-            .returning(ProcessedEvent.event_id)
-            .run()
+        t = ProcessedEvent
+        rows = await insert_rows(
+            t,
+            [t.id, t.consumer, t.event_id, t.processed_at],
+            [(processed_event_id(consumer, e), consumer, e, now) for e in dict.fromkeys(event_ids)],
+            suffix='ON CONFLICT DO NOTHING RETURNING "event_id"',
         )
-        return {row["event_id"] for row in rows}
+        # SQLite hands back the stored text, PostgreSQL a UUID.
+        return {uuid.UUID(str(row["event_id"])) for row in rows}

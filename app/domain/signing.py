@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -55,8 +56,11 @@ def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _b64decode(text: str) -> bytes:
-    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
+    if not _BASE64URL.fullmatch(text):
         raise PayloadInvalid("payload is not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

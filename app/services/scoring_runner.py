@@ -73,7 +73,8 @@ class ScoringRunner:
         self, scorer: Scorer, questions: list[GeneratedQuestion], requests: list[ScoreRequest]
     ) -> list[QuestionOutcome]:
         try:
-            results = await asyncio.wait_for(scorer.score(requests), self._settings.timeout_seconds)
+            async with asyncio.timeout(self._settings.timeout_seconds):  # no extra task, unlike wait_for
+                results = await scorer.score(requests)
         except TimeoutError:
             log.warning("scorer timed out", scorer=scorer.name, batch=len(requests))
             return [self._failed(q, scorer, "scorer_timeout") for q in questions]
