@@ -7,6 +7,7 @@ GraphQL, the use case, SQLite and the outbox.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from litestar import Litestar, post
@@ -30,4 +31,11 @@ async def echo(data: EchoIn) -> EchoOut:
     return EchoOut(target_user_id=data.target_user_id, ok=True)
 
 
-app = Litestar(route_handlers=[echo])
+def _no_access_log() -> None:
+    # Like Connection Key (app/observability.py disables uvicorn.access; with CK_LOGGING__LEVEL=WARNING
+    # it writes no line per request), the baseline logs nothing per request. Done at start-up
+    # because uvicorn (re)configures its loggers after `litestar run` has imported this module.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+app = Litestar(route_handlers=[echo], on_startup=[_no_access_log])

@@ -14,6 +14,7 @@ bench/load.py on the same machine.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections import Counter, deque
@@ -23,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "Conn",
+    "CpuWindow",
     "PhaseResult",
     "build_request",
     "closed_loop",
@@ -216,6 +218,9 @@ class PhaseResult:
     sched_lag_p99_ms: float = 0.0
     server_cpu_pct: float | None = None
     client_cpu_pct: float | None = None
+    core_busy_pct: dict[int, float] | None = None
+    other_cpu_pct: float | None = None
+    steal_pct: dict[int, float] | None = None
 
     def record(self, status: int, body: bytes, latency: float, classify: Classify) -> None:
         self.completed += 1
@@ -270,6 +275,9 @@ class PhaseResult:
             else None,
             "server_cpu_pct": self.server_cpu_pct,
             "client_cpu_pct": self.client_cpu_pct,
+            "core_busy_pct": self.core_busy_pct,
+            "other_cpu_pct": self.other_cpu_pct,
+            "steal_pct": self.steal_pct,
         }
 
 
@@ -285,25 +293,73 @@ def _check_bounds(clients: int, duration: float, rate: float | None = None) -> N
         raise ValueError(f"rate must be in (0, {MAX_RATE}] /s")
 
 
-class _CpuWindow:
-    """CPU seconds of the server (``server_cpu``) and of this process over the measured window."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def core_times() -> dict[int, tuple[int, int, int, int]]:
+    """``/proc/stat`` per core, in jiffies: (user+nice+system, irq+softirq, total, steal)."""
+    out: dict[int, tuple[int, int, int, int]] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *vals = line.split()
+                    v = [int(x) for x in vals[:8]]
+                    out[int(name[3:])] = (v[0] + v[1] + v[2], v[5] + v[6], sum(v), v[7])
+    except OSError:
+        pass
+    return out
+
+
+class CpuWindow:
+    """Over a window: CPU of the server (``server_cpu``) and of this process, how busy each core
+    was (everything, interrupts included), and CPU used by *other* processes on the machine
+    (user+system time of all cores minus ours): the interference check."""
 
     def __init__(self, server_cpu: CpuProbe | None, client_cpu: CpuProbe) -> None:
         self.server_cpu, self.client_cpu = server_cpu, client_cpu
         self.s0 = self.c0 = self.t0 = 0.0
+        self.cores0: dict[int, tuple[int, int, int, int]] = {}
 
     def start(self) -> None:
         self.t0 = perf()
         self.c0 = self.client_cpu()
         self.s0 = self.server_cpu() if self.server_cpu else 0.0
+        self.cores0 = core_times()
+
+    def measure(self) -> dict[str, Any]:
+        wall = perf() - self.t0
+        cores1 = core_times()
+        server = (self.server_cpu() - self.s0) if self.server_cpu else 0.0
+        client = self.client_cpu() - self.c0
+        busy = {
+            core: round(100 * ((u1 + i1) - (self.cores0[core][0] + self.cores0[core][1]))
+                        / max(1, t1 - self.cores0[core][2]), 1)
+            for core, (u1, i1, t1, _) in cores1.items() if core in self.cores0
+        }
+        steal = {
+            core: round(100 * (s1 - self.cores0[core][3]) / max(1, t1 - self.cores0[core][2]), 1)
+            for core, (_, _, t1, s1) in cores1.items() if core in self.cores0
+        }
+        usr_sys = sum(u1 - self.cores0[c][0] for c, (u1, _, _, _) in cores1.items() if c in self.cores0) / CLK_TCK
+        return {
+            "wall": wall,
+            "server_cpu_pct": round(100 * server / wall, 1) if self.server_cpu and wall > 0 else None,
+            "client_cpu_pct": round(100 * client / wall, 1) if wall > 0 else None,
+            "core_busy_pct": busy,
+            "steal_pct": steal,
+            "other_cpu_pct": round(max(0.0, 100 * (usr_sys - server - client) / wall), 1) if wall > 0 else None,
+        }
 
     def stop(self, result: PhaseResult) -> None:
-        wall = perf() - self.t0
-        if wall <= 0:
+        if perf() - self.t0 <= 0:
             return
-        result.client_cpu_pct = round(100 * (self.client_cpu() - self.c0) / wall, 1)
-        if self.server_cpu:
-            result.server_cpu_pct = round(100 * (self.server_cpu() - self.s0) / wall, 1)
+        m = self.measure()
+        result.server_cpu_pct = m["server_cpu_pct"]
+        result.client_cpu_pct = m["client_cpu_pct"]
+        result.core_busy_pct = m["core_busy_pct"]
+        result.steal_pct = m["steal_pct"]
+        result.other_cpu_pct = m["other_cpu_pct"]
 
 
 async def _ticker(label: str, result: PhaseResult, t_start: float, every: float, log: Callable[[str], None]) -> None:
@@ -338,13 +394,13 @@ async def closed_loop(
     and the window is shortened to the last completion)."""
     _check_bounds(clients, warmup + duration)
     result = PhaseResult(name, "saturation", clients, None, warmup, duration)
-    conns = await asyncio.gather(*(open_conn(host, port) for _ in range(clients)))
+    conns = list(await asyncio.gather(*(open_conn(host, port) for _ in range(clients))))
     t_start = perf()
     t_meas = t_start + warmup
     t_end = t_meas + duration
     sent = 0
     last_done = t_meas
-    cpu = _CpuWindow(server_cpu, client_cpu)
+    cpu = CpuWindow(server_cpu, client_cpu)
     loop = asyncio.get_running_loop()
     loop.call_at(loop.time() + warmup, cpu.start)
 
@@ -366,6 +422,7 @@ async def closed_loop(
                     result.record_exception(exc)
                 conn.close()
                 conn = await open_conn(host, port)
+                conns.append(conn)
                 continue
             te = perf()
             if te >= t_meas:
@@ -375,7 +432,7 @@ async def closed_loop(
 
     tick = asyncio.create_task(_ticker(name, result, t_start, 2.0, log))
     try:
-        await asyncio.gather(*(worker(c) for c in conns))
+        await asyncio.gather(*(worker(c) for c in list(conns)))
     finally:
         tick.cancel()
         for c in conns:
@@ -414,14 +471,17 @@ async def open_loop(
     n_warm = int(rate * warmup)
     n_total = n_warm + int(rate * duration)
     result = PhaseResult(name, "fixed-rate", connections, rate, warmup, duration)
-    conns = await asyncio.gather(*(open_conn(host, port) for _ in range(connections)))
+    conns = list(await asyncio.gather(*(open_conn(host, port) for _ in range(connections))))
     queue: deque[tuple[int, float, bytes]] = deque()
     idle: deque[Conn] = deque(conns)
     lags: list[float] = []
     outstanding = 0
+    last_done = 0.0
+    stopping = False
+    replacing: set[asyncio.Future[None]] = set()
     all_sent = asyncio.Event()
     drained = asyncio.Event()
-    cpu = _CpuWindow(server_cpu, client_cpu)
+    cpu = CpuWindow(server_cpu, client_cpu)
     loop = asyncio.get_running_loop()
 
     def launch(conn: Conn, item: tuple[int, float, bytes]) -> None:
@@ -430,11 +490,16 @@ async def open_loop(
         fut.add_done_callback(lambda f: finished(conn, idx, t_sched, f))
 
     def finished(conn: Conn, idx: int, t_sched: float, fut: asyncio.Future[tuple[int, bytes]]) -> None:
-        nonlocal outstanding
+        nonlocal outstanding, last_done
+        if stopping:
+            if not fut.cancelled():
+                fut.exception()  # mark retrieved; closed by us after the drain timeout (counted as timeouts)
+            return
         te = perf()
         outstanding -= 1
         exc = fut.exception()
         if idx >= n_warm:
+            last_done = te
             if exc is not None:
                 result.record_exception(exc)
             else:
@@ -442,7 +507,9 @@ async def open_loop(
                 result.record(status, body, te - t_sched, classify)
         if exc is not None:
             conn.close()
-            asyncio.ensure_future(replace_conn())
+            task = asyncio.ensure_future(replace_conn())
+            replacing.add(task)
+            task.add_done_callback(replacing.discard)
         elif queue:
             launch(conn, queue.popleft())
         else:
@@ -456,6 +523,7 @@ async def open_loop(
         except OSError as exc:
             result.record_exception(exc)
             return
+        conns.append(conn)
         if queue:
             launch(conn, queue.popleft())
         else:
@@ -496,9 +564,14 @@ async def open_loop(
         result.incomplete = outstanding
         if result.incomplete:
             result.errors["timeout"] += result.incomplete
-        result.window_s = max(0.0, t_last - t_meas)
+        # Achieved rate = measured completions over the time they took, up to the last one (longer
+        # than the schedule when the server fell behind and the queue drained afterwards).
+        result.window_s = max(0.0, max(t_last, last_done) - t_meas)
     finally:
+        stopping = True
         tick.cancel()
+        for task in list(replacing):
+            task.cancel()
         for c in conns:
             c.close()
     if lags:

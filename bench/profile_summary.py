@@ -25,10 +25,46 @@ _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 # Outer frames every stack shares (CLI start-up, the server's run loop, thread bootstrap): not
 # interesting as "hotspots", so left out of the inclusive ranking (still counted in totals).
 _BOILERPLATE = (
-    "litestar:", "litestar/__main__.py", "rich_click/", "click/", "litestar/cli/", "uvicorn/main.py",
-    "uvicorn/server.py", "uvicorn/_compat.py", "asyncio/runners.py", "threading.py",
-    "asyncio/base_events.py", "asyncio/events.py",
+    "litestar:", "litestar/__main__.py", "rich_click/", "click/", "litestar/cli/", "uvicorn/",
+    "asyncio/runners.py", "threading.py", "asyncio/base_events.py", "asyncio/events.py",
+    "litestar/app.py", "litestar/middleware/", "litestar/_asgi/", "litestar/routes/",
 )
+
+# Where a sample's time is charged: walking from the leaf towards the root, the first frame that
+# belongs to one of these (stdlib frames such as uuid.py, difflib.py or asyncio/ are charged to the
+# library or app module that called them).
+_COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("piccolo/engine/", "Piccolo engine + aiosqlite (running SQL)"),
+    ("aiosqlite/", "Piccolo engine + aiosqlite (running SQL)"),
+    ("app/db/sqlite_pool.py", "Piccolo engine + aiosqlite (running SQL)"),
+    ("piccolo/", "Piccolo query building (SQL strings, values, rows)"),
+    ("graphql/", "graphql-core (parse/validate/execute)"),
+    ("strawberry/", "Strawberry (schema, arguments, permissions, view)"),
+    ("litestar/", "Litestar (routing, DI, parsing, responses)"),
+    ("uvicorn/", "uvicorn + httptools (HTTP protocol)"),
+    ("httptools/", "uvicorn + httptools (HTTP protocol)"),
+    ("jwt/", "PyJWT (token verification)"),
+    ("cryptography/", "PyJWT (token verification)"),
+    ("structlog/", "structlog"),
+    ("anyio/", "anyio"),
+    ("scorers/", "scorers/ (rule scorers, difflib)"),
+    ("plugins/", "plugins/"),
+    ("msgspec/", "msgspec"),
+)
+
+
+def _component(body: list[str]) -> str:
+    for frame in reversed(body):
+        path = _file(frame)
+        for prefix, name in _COMPONENTS:
+            if path.startswith(prefix):
+                return name
+        if path.startswith("app/"):
+            parts = path.split("/")
+            return f"app/{parts[1]}" if len(parts) > 2 else path
+    if body and body[-1].startswith("Runner.run "):
+        return "event loop (uvloop C code: I/O, callbacks)"
+    return "other (stdlib, start-up)"
 
 
 def parse_collapsed(text: str) -> list[tuple[list[str], int]]:
@@ -76,6 +112,7 @@ def summarise_collapsed(text: str, top: int = 30) -> dict[str, Any]:
     inclusive: Counter[str] = Counter()
     self_: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    components: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     for frames, count in stacks:
         root, body = (frames[0], frames[1:]) if frames and frames[0].startswith("thread (") else ("", frames)
@@ -89,14 +126,17 @@ def summarise_collapsed(text: str, top: int = 30) -> dict[str, Any]:
         if body:
             self_[_function(body[-1])] += count
             packages[_package(body[-1])] += count
+            components[_component(body)] += count
     pct = lambda n: round(100.0 * n / total, 2)  # noqa: E731
-    interesting = [(fn, n) for fn, n in inclusive.most_common() if not _file(fn).startswith(_BOILERPLATE)]
+    interesting = [(fn, n) for fn, n in inclusive.most_common()
+                   if _file(fn) != "litestar" and not _file(fn).startswith(_BOILERPLATE)]
     return {
         "samples": total,
         "by_thread": [{"thread": k, "pct": pct(v)} for k, v in threads.most_common()],
         "top_inclusive": [{"frame": fn, "pct": pct(n), "self_pct": pct(self_[fn])} for fn, n in interesting[:top]],
         "top_self": [{"frame": fn, "pct": pct(n)} for fn, n in self_.most_common(top)],
         "by_package": [{"package": k, "pct": pct(v)} for k, v in packages.most_common(top)],
+        "by_component": [{"component": k, "pct": pct(v)} for k, v in components.most_common(top)],
     }
 
 
@@ -183,6 +223,9 @@ def _print(summary: dict[str, Any]) -> None:
     print("\ntop self (leaf frame):")
     for row in summary["top_self"]:
         print(f"  {row['pct']:6.2f}%  {row['frame']}")
+    print("\nby component (leaf charged to the first library/app frame above it):")
+    for row in summary["by_component"]:
+        print(f"  {row['pct']:6.2f}%  {row['component']}")
     print("\nby package of the leaf frame:")
     for row in summary["by_package"]:
         print(f"  {row['pct']:6.2f}%  {row['package']}")
