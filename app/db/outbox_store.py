@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -12,7 +13,7 @@ from app.db.bulk_insert import insert_rows
 from app.db.tables import ConnectionKeyEvent, ProcessedEvent, processed_event_id
 from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType
 
-__all__ = ["OutboxRow", "OutboxStore", "new_envelope"]
+__all__ = ["OutboxRow", "OutboxStore", "envelope_of", "new_envelope"]
 
 
 def new_envelope(
@@ -26,6 +27,18 @@ def new_envelope(
         occurred_at=now,
         schema_version=SCHEMA_VERSION,
         payload=msgspec.Raw(msgspec.json.encode(payload)),
+    )
+
+
+def envelope_of(row: dict[str, Any]) -> EventEnvelope:
+    """The envelope stored in a ``connection_key_events`` row."""
+    return EventEnvelope(
+        event_id=row["event_id"],
+        event_type=EventType(row["event_type"]),
+        aggregate_id=row["aggregate_id"],
+        occurred_at=row["occurred_at"],
+        schema_version=row["schema_version"],
+        payload=msgspec.Raw(row["payload"].encode()),
     )
 
 
@@ -69,18 +82,7 @@ class OutboxStore:
             .run()
         )
         return [
-            OutboxRow(
-                sequence=row["sequence"],
-                envelope=EventEnvelope(
-                    event_id=row["event_id"],
-                    event_type=EventType(row["event_type"]),
-                    aggregate_id=row["aggregate_id"],
-                    occurred_at=row["occurred_at"],
-                    schema_version=row["schema_version"],
-                    payload=msgspec.Raw(row["payload"].encode()),
-                ),
-                publish_attempts=row["publish_attempts"],
-            )
+            OutboxRow(sequence=row["sequence"], envelope=envelope_of(row), publish_attempts=row["publish_attempts"])
             for row in rows
         ]
 

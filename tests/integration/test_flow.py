@@ -8,8 +8,9 @@ import uuid
 import msgspec
 import pytest
 
+from app.db.outbox_store import envelope_of
 from app.db.tables import ConnectionKeyAttempt, ConnectionKeyEvent, Conversation, ProcessedEvent
-from app.domain.events import EventEnvelope, EventType
+from app.domain.events import EventEnvelope
 from tests.integration.conftest import Api
 
 
@@ -162,17 +163,7 @@ async def test_consumer_is_idempotent(api: Api) -> None:
 
 async def _envelopes() -> list[EventEnvelope]:
     rows = await ConnectionKeyEvent.select().order_by(ConnectionKeyEvent.sequence).run()
-    return [
-        EventEnvelope(
-            event_id=r["event_id"],
-            event_type=EventType(r["event_type"]),
-            aggregate_id=r["aggregate_id"],
-            occurred_at=r["occurred_at"],
-            schema_version=r["schema_version"],
-            payload=msgspec.Raw(r["payload"].encode()),
-        )
-        for r in rows
-    ]
+    return [envelope_of(row) for row in rows]
 
 
 @pytest.mark.asyncio
