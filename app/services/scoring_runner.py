@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Mapping
 
 import structlog
@@ -101,13 +100,10 @@ class ScoringRunner:
         self, quiz: IssuedQuiz, answers: Mapping[str, AnswerInput], locale: str | None
     ) -> dict[str, QuestionOutcome]:
         """Score every question of ``quiz`` (all must have an answer) and return outcomes by question id."""
-        groups: defaultdict[str, tuple[Scorer, list[GeneratedQuestion], list[ScoreRequest]]] = defaultdict(
-            lambda: (None, [], [])  # type: ignore[arg-type, return-value]
-        )
+        groups: dict[str, tuple[Scorer, list[GeneratedQuestion], list[ScoreRequest]]] = {}
         for question in quiz.questions:
             scorer = self._routes[question.kind]
-            _, questions, requests = groups[scorer.name]
-            groups[scorer.name] = (scorer, questions, requests)
+            _, questions, requests = groups.setdefault(scorer.name, (scorer, [], []))
             questions.append(question)
             requests.append(
                 ScoreRequest(
