@@ -1,7 +1,8 @@
 """Hook specifications: the whole plugin contract, one function per hook.
 
 Hooks are synchronous and cheap; anything slow or async lives on the objects they register
-(in the style of datasette, pytest and simonw/llm).
+(in the style of datasette, pytest and simonw/llm). A hook implementation may accept any subset of a
+hook's arguments, by name.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from plugins.context import PluginContext
 from plugins.scorer import Scorer
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "register_scorers"]
@@ -20,11 +22,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_scorers(register: Callable[[Scorer], None]) -> None:
+def register_scorers(register: Callable[[Scorer], None], context: PluginContext) -> None:
     """Register scoring strategies.
 
-    Called once at start-up, after plugins load and before the first request. Call ``register(scorer)``
-    once per :class:`plugins.scorer.Scorer` the plugin provides; return nothing. Names must be unique
-    across all plugins (a duplicate stops start-up). Which scorer handles which question kind is chosen
-    by the ``[scoring.routes]`` settings, not by the plugin.
+    Called once per process at start-up, after plugins load and before the first request (also by CLI
+    commands that score). Call ``register(scorer)`` once per :class:`plugins.scorer.Scorer` the plugin
+    provides; return nothing. ``context`` gives the plugin its settings (``context.config(name)``), a
+    writable data directory and the shared cache. Build nothing slow here: a scorer that needs a model
+    or a connection opens it in ``__aenter__``, which the service awaits before serving.
+
+    Names must be unique across all plugins (a duplicate stops start-up). Which scorer handles which
+    question kind is chosen by the ``[scoring.routes]`` settings, not by the plugin; a plugin may
+    register several scorers (e.g. variants to A/B test).
     """

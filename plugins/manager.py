@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from plugins import hookspecs
+from plugins.context import PluginContext
 from plugins.scorer import Scorer
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginError", "build_plugin_manager", "collect_scorers"]
@@ -33,12 +34,16 @@ def build_plugin_manager(enabled: Iterable[str] | None = None) -> pluggy.PluginM
     if missing:
         raise PluginError(f"plugins not installed: {', '.join(sorted(missing))}")
     for name in sorted(wanted):
-        pm.register(available[name].load(), name=name)
+        try:
+            plugin = available[name].load()
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} failed to import: {exc}") from exc
+        pm.register(plugin, name=name)
     pm.check_pending()
     return pm
 
 
-def collect_scorers(pm: pluggy.PluginManager) -> dict[str, Scorer]:
+def collect_scorers(pm: pluggy.PluginManager, context: PluginContext | None = None) -> dict[str, Scorer]:
     """Call ``register_scorers`` on every plugin and return scorers by name; duplicates are an error."""
     scorers: dict[str, Scorer] = {}
 
@@ -49,5 +54,5 @@ def collect_scorers(pm: pluggy.PluginManager) -> dict[str, Scorer]:
             raise PluginError(f"two plugins register a scorer named {scorer.name!r}")
         scorers[scorer.name] = scorer
 
-    pm.hook.register_scorers(register=register)
+    pm.hook.register_scorers(register=register, context=context or PluginContext())
     return scorers

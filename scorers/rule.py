@@ -28,6 +28,7 @@ class ChoiceScorer:
     name = "rule.choice"
     version = "1.0.0"
     kinds = frozenset({"COMPREHENSION", "CONSENT"})
+    deterministic = True
 
     async def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
         results = []
@@ -43,6 +44,7 @@ class FreeResponseRuleScorer:
     name = "rule.free_response"
     version = "1.0.0"
     kinds = frozenset({"FREE_RESPONSE"})
+    deterministic = True
 
     async def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [self._score_one(request) for request in batch]
@@ -63,5 +65,6 @@ class FreeResponseRuleScorer:
 
 @hookimpl
 def register_scorers(register: Callable[[Scorer], None]) -> None:
+    """Register the rule scorers (they take no settings)."""
     register(ChoiceScorer())
     register(FreeResponseRuleScorer())

@@ -1,0 +1,1 @@
+"""LLM rubric scorer for free responses (any OpenAI-compatible chat-completions endpoint)."""
