@@ -17,6 +17,8 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta, Struct
 
+from app.domain.experiments import Experiment
+
 __all__ = [
     "AuthSettings",
     "DatabaseSettings",
@@ -40,6 +42,7 @@ DEFAULT_SETTINGS_FILE = "litestar.toml"
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Kind = Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"]
 
 
 class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -127,6 +130,10 @@ class QuizSettings(_Section):
     """Free-response items."""
     choices_per_question: Annotated[int, Meta(ge=2, le=6)] = 4
     """Choices in each multiple-choice item, the right one included."""
+    comprehension_format: Literal["free_text", "choice"] = "free_text"
+    """``free_text``: comprehension is answered in the user's own words and scored by meaning (route
+    COMPREHENSION to a scorer that compares texts, e.g. ``embedding.similarity``); ``choice``: multiple
+    choice (route it to ``rule.choice``)."""
     default_difficulty: Annotated[int, Meta(ge=1, le=5)] = 2
     """Difficulty used when a user has no history to adapt to."""
     locale: str = "en"
@@ -144,18 +151,29 @@ class ScoringSettings(_Section):
     """Weighted total needed to pass."""
     question_pass_threshold: Fraction = 0.5
     """Score at which a single question counts as passed in the breakdown."""
-    weights: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], Annotated[float, Meta(ge=0)]] = msgspec.field(
+    weights: dict[Kind, Annotated[float, Meta(ge=0)]] = msgspec.field(
         default_factory=lambda: {"COMPREHENSION": 1.0, "CONSENT": 1.5, "FREE_RESPONSE": 0.5}
     )
     """Weight of each question kind in the total."""
-    routes: dict[Literal["COMPREHENSION", "CONSENT", "FREE_RESPONSE"], str] = msgspec.field(
+    routes: dict[Kind, str] = msgspec.field(
         default_factory=lambda: {
-            "COMPREHENSION": "rule.choice",
+            "COMPREHENSION": "embedding.similarity",
             "CONSENT": "rule.choice",
-            "FREE_RESPONSE": "rule.free_response",
+            "FREE_RESPONSE": "llm.rubric",
         }
     )
     """Question kind -> registered scorer name."""
+    fallbacks: dict[Kind, str] = msgspec.field(default_factory=lambda: {"FREE_RESPONSE": "embedding.rubric"})
+    """Question kind -> scorer used when the routed one is unavailable (e.g. no LLM endpoint configured,
+    circuit open), times out, raises or returns junk. The attempt records both names and the reason. A
+    kind without a fallback fails those questions with a typed error (never a silent pass)."""
+    shadow: dict[Kind, list[str]] = msgspec.field(default_factory=dict)
+    """Question kind -> scorers run beside the live one on every answer of that kind. Their results are
+    stored on the attempt (``shadow_breakdown``) for comparison and never change the decision."""
+    experiments: list[Experiment] = msgspec.field(default_factory=list)
+    """A/B tests over scorers (``[[scoring.experiments]]``): per kind, users are assigned to a variant by
+    a hash of the experiment salt and their id, weighted; the variant's scorer replaces the route for
+    them and the variant is recorded on the attempt. At most one enabled experiment per kind."""
     timeout_seconds: Annotated[float, Meta(gt=0)] = 5.0
     """A scorer that takes longer fails that question (typed, logged), never passes it."""
     consent_must_all_pass: bool = True
@@ -196,10 +214,15 @@ class RateLimitSettings(_Section):
 
 
 class PluginSettings(_Section):
-    """Which plugins load."""
+    """Which plugins load, and their own settings."""
 
     enabled: list[str] | None = None
     """Entry-point names to load; ``None`` loads every installed plugin."""
+    data_dir: str = "var"
+    """Where plugins may write files (the embedding plugin keeps its ONNX models in ``<data_dir>/models``)."""
+    config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Each plugin's settings table, ``[plugins.config.<name>]``, validated by the plugin at start-up.
+    One value can be set by environment: ``CK_PLUGINS__CONFIG__LLM_RUBRIC__BASE_URL=...``."""
 
 
 class LoggingSettings(_Section):
@@ -265,9 +288,21 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
             continue
         section, _, key = name[len(ENV_PREFIX) :].partition("__")
         section, key = section.lower(), key.lower()
+        key, *path = key.split("__")
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise SettingsError(f"settings key `{section}` is not a section (from {name})")
+        if path:
+            # Deeper paths address one entry of a table field (plugin settings): a plain string that
+            # the owner converts against its own schema.
+            if not _is_collection(section, key):
+                raise SettingsError(f"{name}: `{section}.{key}` is not a table")
+            for part in (key, *path[:-1]):
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise SettingsError(f"{name}: `{part}` is not a table")
+            target[path[-1]] = None if raw.strip().lower() in ("null", "none") else raw
+            continue
         try:
             target[key] = _env_value(section, key, raw)
         except SettingsError as exc:
@@ -294,6 +329,13 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("database.pool_min_size is larger than database.pool_max_size")
     if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise SettingsError("database.url must start with sqlite:// or postgresql://")
+    live_kinds = [e.kind for e in settings.scoring.experiments if e.enabled]
+    for kind in set(live_kinds):
+        if live_kinds.count(kind) > 1:
+            raise SettingsError(f"scoring.experiments: more than one enabled experiment for {kind}")
+    names = [e.name for e in settings.scoring.experiments]
+    if len(set(names)) != len(names):
+        raise SettingsError("scoring.experiments: experiment names must be unique")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Settings:

@@ -39,6 +39,8 @@ class AttemptRow(msgspec.Struct, frozen=True):
     score: float
     passed: bool
     breakdown: str
+    shadow_breakdown: str
+    experiments: str
     feedback: str
     unlock_state: str
     retry_available_at: datetime | None
@@ -58,6 +60,7 @@ def _question(row: dict[str, Any]) -> GeneratedQuestion:
         variant=row["variant"],
         difficulty=row["difficulty"],
         topic=row["topic"],
+        references=_choices.decode(row["reference_texts"]) if row["reference_texts"] is not None else None,
     )
 
 
@@ -102,6 +105,7 @@ class KeyStore:
                     choices=msgspec.json.encode(q.choices).decode() if q.choices is not None else None,
                     answer_key=q.answer_key,
                     topic=q.topic,
+                    reference_texts=msgspec.json.encode(q.references).decode() if q.references is not None else None,
                     template_key=q.template_key,
                     variant=q.variant,
                     difficulty=q.difficulty,

@@ -27,12 +27,17 @@ class GenerationError(ValueError):
 
 
 class QuizShape(Struct, frozen=True):
-    """How many questions of each kind, and choices per multiple-choice item."""
+    """How many questions of each kind, and choices per multiple-choice item.
+
+    ``free_text_comprehension``: comprehension items are answered in the answerer's own words and
+    scored by meaning (no choices to recognise the answer from); otherwise they are multiple choice.
+    """
 
     comprehension: int
     consent: int
     free_response: int
     choices_per_question: int
+    free_text_comprehension: bool = True
 
 
 def template_placeholders(text: str) -> set[str]:
@@ -137,10 +142,13 @@ def generate_quiz(
 ) -> list[GeneratedQuestion]:
     """Build the questions of one quiz.
 
-    Comprehension items ask which answer the person gave to one of their prompts; consent items ask which
-    statement is one of their boundaries; in both the right choice is the person's own text verbatim and
-    the distractors come from the library, never equal to (or a case/spacing variant of) anything the
-    person wrote for that kind. A profile with fewer prompts or preferences than asked gets fewer items.
+    Comprehension items ask what the person answered to one of their prompts: in free text (the answer
+    key is their answer, scored by meaning) or, with ``shape.free_text_comprehension`` off, as multiple
+    choice. Consent items ask which statement is one of their boundaries. In multiple choice the right
+    choice is the person's own text verbatim and the distractors come from the library, never equal to
+    (or a case/spacing variant of) anything the person wrote for that kind. Free responses carry the
+    person's relevant texts as ``references`` for rubric scorers. A profile with fewer prompts or
+    preferences than asked gets fewer items.
     """
     active = [t for t in templates if t.active]
     questions: list[GeneratedQuestion] = []
@@ -149,6 +157,31 @@ def generate_quiz(
     prompts = rng.sample(profile.prompts, min(shape.comprehension, len(profile.prompts)))
     own_answers = {_normalise(p.answer) for p in profile.prompts}
     for pair in prompts:
+        if shape.free_text_comprehension:
+            template, variant, prompt = _stem(
+                active,
+                QuestionKind.COMPREHENSION,
+                difficulty,
+                rng,
+                name=name,
+                prompt=pair.question,
+                topic=pair.question,
+            )
+            questions.append(
+                GeneratedQuestion(
+                    id=_uuid(rng),
+                    position=len(questions),
+                    kind=QuestionKind.COMPREHENSION,
+                    prompt=prompt,
+                    choices=None,
+                    answer_key=pair.answer,
+                    template_key=template.key,
+                    variant=variant,
+                    difficulty=difficulty,
+                    topic=pair.question,
+                )
+            )
+            continue
         questions.append(
             _choice_question(
                 rng,
@@ -187,8 +220,11 @@ def generate_quiz(
         )
 
     topics = [p.question for p in profile.prompts] or [c.topic for c in profile.consent_preferences] or ["yourself"]
+    answers_by_topic = {p.question: p.answer for p in profile.prompts}
+    boundaries = [c.statement for c in profile.consent_preferences]
     for _ in range(shape.free_response):
         topic = rng.choice(topics)
+        references = [answers_by_topic[topic]] if topic in answers_by_topic else []
         template, variant, prompt = _stem(
             active, QuestionKind.FREE_RESPONSE, difficulty, rng, name=name, prompt=topic, topic=topic
         )
@@ -204,6 +240,7 @@ def generate_quiz(
                 variant=variant,
                 difficulty=difficulty,
                 topic=topic,
+                references=[*references, *boundaries],
             )
         )
     if not questions:

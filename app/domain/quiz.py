@@ -130,6 +130,9 @@ class GeneratedQuestion(Struct, frozen=True):
     topic: str | None = None
     """What the question is about (a prompt's question or a consent topic), for feedback that helps
     without revealing the answer."""
+    references: list[str] | None = None
+    """Server-side only: the person's own texts a free response should relate to (their answer to the
+    topic's prompt, then their boundaries), for rubric scorers."""
 
 
 class IssuedQuiz(Struct, frozen=True):

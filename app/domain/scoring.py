@@ -11,8 +11,14 @@ from app.domain.quiz import GeneratedQuestion, QuestionKind
 __all__ = ["QuestionOutcome", "ScoringPolicy", "Verdict", "summarise"]
 
 
-class QuestionOutcome(Struct, frozen=True):
-    """How one question was scored. ``error`` is set when the scorer failed (the score is then 0)."""
+class QuestionOutcome(Struct, frozen=True, omit_defaults=True):
+    """How one question was scored, by which scorer (name and version).
+
+    ``error`` is set when the scorer failed and nothing replaced it (the score is then 0). When the
+    routed scorer failed and the kind's fallback scored instead, ``scorer`` names the fallback and
+    ``fallback_from`` / ``fallback_reason`` say what failed and why. ``variant`` names the experiment
+    arm (``experiment:variant``) that chose the scorer. ``criteria`` and ``flags`` come from the scorer.
+    """
 
     question_id: str
     kind: QuestionKind
@@ -22,6 +28,11 @@ class QuestionOutcome(Struct, frozen=True):
     passed: bool
     feedback: str | None = None
     error: str | None = None
+    criteria: dict[str, float] | None = None
+    flags: tuple[str, ...] = ()
+    fallback_from: str | None = None
+    fallback_reason: str | None = None
+    variant: str | None = None
 
 
 class ScoringPolicy(Struct, frozen=True):

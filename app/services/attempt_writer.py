@@ -25,7 +25,7 @@ from app.db.outbox_store import OutboxStore, new_envelope
 from app.domain.contract import AnswerInput
 from app.domain.events import EventType, QuizCompleted
 from app.domain.quiz import IssuedQuiz
-from app.domain.scoring import Verdict
+from app.domain.scoring import QuestionOutcome, Verdict
 from app.domain.unlock_rules import WINDOW, RetryPolicy, UnlockDecision, decide_after_attempt
 from app.errors import ErrorCode, ServiceError
 
@@ -41,6 +41,8 @@ class PendingAttempt(msgspec.Struct, frozen=True):
     quiz: IssuedQuiz
     verdict: Verdict
     answers: list[AnswerInput]
+    shadow: list[QuestionOutcome] = msgspec.field(default_factory=list)
+    variants: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def _replayed() -> ServiceError:
@@ -174,6 +176,8 @@ class AttemptWriter:
             score=verdict.score,
             passed=verdict.passed,
             breakdown=_json.encode(verdict.breakdown).decode(),
+            shadow_breakdown=_json.encode(pending.shadow).decode(),
+            experiments=_json.encode(pending.variants).decode(),
             feedback=_json.encode(verdict.feedback).decode(),
             unlock_state=decision.state.value,
             retry_available_at=decision.retry_available_at,

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 
@@ -31,6 +32,7 @@ from app.services.submit_key import SubmitConnectionKey
 from app.services.template_library import TemplateLibrary
 from app.services.unlock_orchestrator import CONSUMER_GROUP, UnlockOrchestrator
 from app.settings import Settings
+from plugins.context import PluginContext
 from plugins.manager import build_plugin_manager, collect_scorers
 from plugins.scorer import Scorer
 
@@ -63,6 +65,18 @@ class Services:
     clock: Callable[[], datetime]
 
 
+async def _open_scorers(stack: contextlib.AsyncExitStack, scorers: dict[str, Scorer]) -> None:
+    """Enter every scorer in use that holds resources (models, HTTP clients) before the first request;
+    one object registered under several names is entered once. Scorers nothing routes to stay closed."""
+    entered: set[int] = set()
+    for name, scorer in scorers.items():
+        if id(scorer) in entered or not isinstance(scorer, contextlib.AbstractAsyncContextManager):
+            continue
+        entered.add(id(scorer))
+        log.info("opening scorer", scorer=name)
+        await stack.enter_async_context(scorer)
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, clock: Callable[[], datetime] = utcnow, *, background: bool = True
@@ -70,11 +84,20 @@ async def open_services(
     """Open the database (migrating and loading templates when configured), the adapters, the task
     queue, the outbox relay and the consumers; close them in reverse order.
 
-    ``background=False`` (CLI commands) skips the task queue workers and the relay loop.
+    ``background=False`` (CLI commands) skips the task queue workers, the relay loop and opening the
+    scorers (loading models).
     """
-    scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled))
+    context = PluginContext(
+        settings=settings.plugins.config,
+        data_dir=Path(settings.plugins.data_dir),
+        environment=settings.server.environment,
+        shared_cache=None,  # no cross-instance cache until Redis is configured
+    )
+    scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled), context)
     runner = ScoringRunner(scorers, settings.scoring)  # fails fast on a bad route, before connecting
     async with contextlib.AsyncExitStack() as stack:
+        if background:  # CLI commands never score, so they skip loading models
+            await _open_scorers(stack, {name: scorers[name] for name in sorted(runner.in_use)})
         db = Database(settings.database)
         await db.start()
         stack.push_async_callback(db.stop)

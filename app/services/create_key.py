@@ -85,6 +85,7 @@ class CreateConnectionKey:
             quiz.consent_questions,
             quiz.free_response_questions,
             quiz.choices_per_question,
+            free_text_comprehension=quiz.comprehension_format == "free_text",
         )
 
     async def __call__(self, requester_id: uuid.UUID, target_id: uuid.UUID) -> ConnectionKeyPayload:

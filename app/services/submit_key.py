@@ -106,10 +106,12 @@ class SubmitConnectionKey:
             )
         quiz = await self._load(claims)
         answers = self._answers(quiz, claims, data.answers)
-        outcomes = await self._runner.score(quiz, answers, quiz.target_locale)
-        verdict = summarise(quiz.questions, outcomes, self._policy, quiz.target_name)
+        report = await self._runner.score(quiz, answers, quiz.target_locale)
+        verdict = summarise(quiz.questions, report.outcomes, self._policy, quiz.target_name)
         attempt_id = uuid.uuid4()
-        decision = await self._writer.write(PendingAttempt(attempt_id, quiz, verdict, data.answers))
+        decision = await self._writer.write(
+            PendingAttempt(attempt_id, quiz, verdict, data.answers, report.shadow, report.variants)
+        )
         await deps.cache.delete(quiz_cache_key(quiz.key_id))
         log.info("quiz submitted", key_id=str(quiz.key_id), passed=verdict.passed, unlock_state=decision.state.value)
         return ConnectionKeyResult(

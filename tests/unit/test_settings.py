@@ -7,6 +7,7 @@ and the project's litestar.toml never leak in.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,65 @@ def test_the_project_settings_file_lists_every_setting_and_matches_the_defaults(
         assert f"[{section}]" in text, section
         for key in getattr(Settings(), section).__struct_fields__:
             assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE) or f"[{section}.{key}]" in text, f"{section}.{key}"
+
+
+def test_one_plugin_setting_can_come_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[plugins.config.embedding]\nvariant = "int8"\nmax_batch = 16\n')
+    settings = load_settings(
+        path,
+        environ={
+            "CK_PLUGINS__CONFIG__EMBEDDING__VARIANT": "fp32",
+            "CK_PLUGINS__CONFIG__LLM_RUBRIC__BASE_URL": "http://x/v1",
+        },
+    )
+    assert settings.plugins.config == {
+        "embedding": {"variant": "fp32", "max_batch": 16},
+        "llm_rubric": {"base_url": "http://x/v1"},
+    }
+
+
+def test_a_nested_environment_path_into_a_scalar_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="CK_QUIZ__LOCALE__X: `quiz.locale` is not a table"):
+        load_settings(write(tmp_path, ""), environ={"CK_QUIZ__LOCALE__X": "1"})
+
+
+def test_two_enabled_experiments_on_one_kind_are_refused(tmp_path: Path) -> None:
+    text = """
+[[scoring.experiments]]
+name = "a"
+kind = "COMPREHENSION"
+variants = [{ name = "x", scorer = "embedding.similarity" }]
+[[scoring.experiments]]
+name = "b"
+kind = "COMPREHENSION"
+variants = [{ name = "y", scorer = "embedding.cosine" }]
+"""
+    with pytest.raises(SettingsError, match="more than one enabled experiment for COMPREHENSION"):
+        load_settings(write(tmp_path, text), environ={})
+    settings = load_settings(write(tmp_path, text.replace('name = "b"', 'name = "b"\nenabled = false')), environ={})
+    assert [e.name for e in settings.scoring.experiments] == ["a", "b"]
+
+
+def test_experiment_names_must_be_unique(tmp_path: Path) -> None:
+    text = """
+[[scoring.experiments]]
+name = "a"
+kind = "COMPREHENSION"
+variants = [{ name = "x", scorer = "s" }]
+[[scoring.experiments]]
+name = "a"
+kind = "CONSENT"
+variants = [{ name = "y", scorer = "s" }]
+"""
+    with pytest.raises(SettingsError, match="names must be unique"):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_litestar_toml_shows_every_embedding_plugin_setting() -> None:
+    from scorers.embedding.config import EmbeddingConfig, RubricConfig
+
+    text = (Path(__file__).resolve().parents[2] / "litestar.toml").read_text(encoding="utf-8")
+    section = text.split("[plugins.config.embedding]", 1)[1]
+    for key in [*EmbeddingConfig.__struct_fields__, *RubricConfig.__struct_fields__]:
+        if key != "rubric":
+            assert re.search(rf"^# {key} = ", section, re.MULTILINE), key

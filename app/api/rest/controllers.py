@@ -23,6 +23,7 @@ from app.domain.contract import (
 from app.domain.quiz import ProfileInput
 from app.errors import ErrorCode, ServiceError
 from app.services.container import Services
+from plugins.scorer import DescribesItself, Scorer
 
 __all__ = ["ConnectionKeyController", "HealthController", "ProfileController"]
 
@@ -105,6 +106,17 @@ class ProfileController(Controller):
         return await services.profiles.upsert(user_id, data)
 
 
+def _describe(scorer: Scorer) -> dict[str, Any]:
+    # A plugin's describe() is untrusted: a failure shows in the report instead of failing readiness.
+    info: dict[str, Any] = {"version": scorer.version, "kinds": sorted(scorer.kinds)}
+    if isinstance(scorer, DescribesItself):
+        try:
+            info.update(scorer.describe())
+        except Exception as exc:  # noqa: BLE001
+            info["describeError"] = type(exc).__name__
+    return info
+
+
 class HealthController(Controller):
     tags = ["operations"]
 
@@ -132,7 +144,7 @@ class HealthController(Controller):
                 "eventBus": "memory",
             },
             "queueDepth": services.queue.depth,
-            "scorers": sorted(services.scorers),
+            "scorers": {name: _describe(scorer) for name, scorer in sorted(services.scorers.items())},
         }
         return Response(body, status_code=200 if all(checks.values()) else 503)
 

@@ -145,7 +145,7 @@ def profile(**overrides: object) -> TargetProfile:
     return TargetProfile(**values)  # type: ignore[arg-type]
 
 
-SHAPE = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=4)
+SHAPE = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=4, free_text_comprehension=False)
 
 
 def generate(
@@ -200,7 +200,7 @@ def test_no_distractor_equals_anything_the_person_wrote_for_that_kind() -> None:
 
 def test_choices_are_distinct_and_as_many_as_configured() -> None:
     for choices in (2, 3, 4, 6):
-        shape = QuizShape(comprehension=3, consent=3, free_response=0, choices_per_question=choices)
+        shape = QuizShape(comprehension=3, consent=3, free_response=0, choices_per_question=choices, free_text_comprehension=False)
         for seed in range(50):
             for q in generate(seed, shape=shape):
                 assert q.choices is not None
@@ -276,7 +276,7 @@ def test_variants_are_all_used_across_seeds() -> None:
 
 def test_nearest_difficulty_is_preferred() -> None:
     easy_distractors = set(library()[7].wordings)  # 7 wordings: enough for 2 distractors (drawn from 6)
-    shape = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=3)
+    shape = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=3, free_text_comprehension=False)
     for seed in range(50):
         for q in generate(seed, difficulty=1, shape=shape):
             assert q.template_key in {"comp.q1", "cons.q1", "free.q1"}
@@ -298,7 +298,7 @@ def test_fewer_prompts_than_requested_gives_fewer_questions() -> None:
         prompts=[PromptPair("My ideal Sunday", "Baking bread")],
         consent_preferences=[],
     )
-    shape = QuizShape(comprehension=3, consent=2, free_response=1, choices_per_question=4)
+    shape = QuizShape(comprehension=3, consent=2, free_response=1, choices_per_question=4, free_text_comprehension=False)
     for seed in range(20):
         questions = generate(seed, shape=shape, target=target)
         assert [q.kind for q in questions] == [C, F]
@@ -306,13 +306,13 @@ def test_fewer_prompts_than_requested_gives_fewer_questions() -> None:
 
 
 def test_zero_of_a_kind_is_respected() -> None:
-    shape = QuizShape(comprehension=0, consent=1, free_response=0, choices_per_question=3)
+    shape = QuizShape(comprehension=0, consent=1, free_response=0, choices_per_question=3, free_text_comprehension=False)
     questions = generate(1, shape=shape)
     assert [q.kind for q in questions] == [K]
 
 
 def test_free_response_topic_falls_back_to_consent_topics_then_a_default() -> None:
-    shape = QuizShape(comprehension=0, consent=0, free_response=1, choices_per_question=4)
+    shape = QuizShape(comprehension=0, consent=0, free_response=1, choices_per_question=4, free_text_comprehension=False)
     consent_only = profile(prompts=[])
     q = generate(3, shape=shape, target=consent_only)[0]
     assert q.topic in {"pace", "photos", "calls"}
@@ -322,7 +322,7 @@ def test_free_response_topic_falls_back_to_consent_topics_then_a_default() -> No
 
 def test_empty_quiz_is_an_error() -> None:
     target = profile(prompts=[], consent_preferences=[])
-    shape = QuizShape(comprehension=2, consent=2, free_response=0, choices_per_question=4)
+    shape = QuizShape(comprehension=2, consent=2, free_response=0, choices_per_question=4, free_text_comprehension=False)
     with pytest.raises(GenerationError, match="no questions"):
         generate(0, shape=shape, target=target)
 
@@ -392,3 +392,37 @@ def test_template_placeholders() -> None:
     assert template_placeholders("{age}") - ALLOWED_PLACEHOLDERS == {"age"}
     with pytest.raises(ValueError):
         template_placeholders("unbalanced {name")
+
+
+FREE_TEXT = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=4)
+
+
+def test_free_text_comprehension_has_no_choices_and_keys_the_persons_answer() -> None:
+    target = profile()
+    answers = {p.question: p.answer for p in target.prompts}
+    for seed in SEEDS:
+        questions = generate(seed, shape=FREE_TEXT, target=target)
+        assert [q.kind for q in questions] == [C, C, K, K, F]
+        for q in questions:
+            if q.kind is C:
+                assert q.choices is None  # nothing to recognise the answer from
+                assert q.answer_key == answers[q.topic]
+                assert q.answer_key not in q.prompt
+            elif q.kind is K:
+                assert q.choices is not None and q.answer_key in q.choices  # consent stays multiple choice
+
+
+def test_free_response_references_are_the_topic_answer_then_the_boundaries() -> None:
+    target = profile()
+    answers = {p.question: p.answer for p in target.prompts}
+    boundaries = [c.statement for c in target.consent_preferences]
+    for seed in SEEDS:
+        (free,) = [q for q in generate(seed, shape=FREE_TEXT, target=target) if q.kind is F]
+        assert free.references == [answers[free.topic], *boundaries]
+
+
+def test_free_response_references_without_prompts_are_the_boundaries() -> None:
+    target = profile(prompts=[])
+    shape = QuizShape(comprehension=0, consent=1, free_response=1, choices_per_question=3)
+    (free,) = [q for q in generate(1, shape=shape, target=target) if q.kind is F]
+    assert free.references == [c.statement for c in target.consent_preferences]
