@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
 import numpy as np
 
 from plugins.scorer import ScoreRequest, ScoreResult, ScorerUnavailableError
-from scorers.embedding.answer_match import MatchParams, match_score
+from scorers.embedding.answer_match import MatchParams, match_score, ramp
 from scorers.embedding.backend import EmbeddingBackend, EmbeddingUnavailableError
 from scorers.embedding.config import EmbeddingConfig
+from scorers.embedding.service import ServiceClosedError
 from scorers.llm_rubric.injection import detect_injection
 
 __all__ = ["CosineScorer", "RubricScorer", "SimilarityScorer"]
@@ -67,7 +67,7 @@ class _EmbeddingScorer:
     async def _embed(self, texts: list[str], *, cache: bool) -> np.ndarray:
         try:
             return await self._backend.embed(texts, cache=cache)
-        except EmbeddingUnavailableError as exc:
+        except (EmbeddingUnavailableError, ServiceClosedError) as exc:
             raise ScorerUnavailableError(str(exc)) from exc
 
     def _flags(self, text: str) -> tuple[str, ...]:
@@ -84,8 +84,12 @@ class SimilarityScorer(_EmbeddingScorer):
     def __init__(self, backend: EmbeddingBackend, config: EmbeddingConfig) -> None:
         super().__init__(backend, config)
         params = MatchParams()
-        if config.thresholds is not None:
-            params = msgspec.structs.replace(params, thresholds={**params.thresholds, **config.thresholds})
+        if config.thresholds is not None:  # MatchParams re-validates the merged ramps
+            params = MatchParams(
+                lexical_weight=params.lexical_weight,
+                question_word_weight=params.question_word_weight,
+                thresholds={**params.thresholds, **config.thresholds},
+            )
         self._params = params
 
     async def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -107,12 +111,12 @@ class SimilarityScorer(_EmbeddingScorer):
                         float(cosine),
                         request.response,
                         request.answer_key or "",
-                        request.prompt,
+                        request.topic,  # the prompt the person answered: its words are demoted
                         difficulty=request.difficulty,
                         params=self._params,
                     )
                 else:
-                    value = self._params.ramp(float(cosine), request.difficulty)
+                    value = ramp(float(cosine), *self._params.ramp_for(request.difficulty))
                 results[request.question_id] = ScoreResult(
                     request.question_id,
                     value,

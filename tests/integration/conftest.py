@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import msgspec
 import pytest_asyncio
 from litestar import Litestar
 
@@ -17,6 +18,23 @@ from app.auth import mint_token
 from app.db.tables import ConnectionKeyQuestion
 from app.services.container import Services
 from app.settings import Settings
+
+# Realistic profile texts: comprehension is scored by meaning, so tests answer in other words.
+PROMPTS = [
+    ("My ideal Sunday", "A long hike in the hills followed by a pub lunch with friends"),
+    ("I geek out on", "Mechanical keyboards and brewing green tea"),
+    ("A shower thought I recently had", "Octopuses have three hearts, which feels excessive"),
+]
+PARAPHRASES = {
+    PROMPTS[0][1]: "walking in the hills for hours and then lunch at a pub with mates",
+    PROMPTS[1][1]: "mechanical keyboards, and making green tea",
+    PROMPTS[2][1]: "that an octopus has three hearts, more than it needs",
+}
+BOUNDARIES = [
+    ("pace", "I like to chat for a week before meeting in person"),
+    ("photos", "Please don't ask me for photos"),
+    ("calls", "Ask before calling me"),
+]
 
 
 class Api:
@@ -48,13 +66,8 @@ class Api:
         profile = {
             "displayName": name,
             "bio": f"{name} likes tests",
-            "prompts": [
-                {"question": f"Prompt {i} of {name}", "answer": f"{name}'s own answer number {i}"}
-                for i in range(prompts)
-            ],
-            "consentPreferences": [
-                {"topic": f"topic {i}", "statement": f"{name}'s boundary number {i}"} for i in range(consents)
-            ],
+            "prompts": [{"question": q, "answer": a} for q, a in PROMPTS[:prompts]],
+            "consentPreferences": [{"topic": t, "statement": s} for t, s in BOUNDARIES[:consents]],
             "locale": "en",
         }
         result = await self.gql(
@@ -73,17 +86,22 @@ class Api:
         return result["data"]["createConnectionKey"]
 
     async def answers(self, payload: dict[str, Any], correct: bool = True) -> list[dict[str, Any]]:
-        """Answers built from the server-side answer keys (which the API never returns)."""
-        keys = {
-            str(row["id"]): row["answer_key"]
-            for row in await ConnectionKeyQuestion.select()
+        """Answers built from the server-side answer keys (which the API never returns): a comprehension
+        answer in other words than the key, a free response about what the person wrote."""
+        rows = (
+            await ConnectionKeyQuestion.select()
             .where(ConnectionKeyQuestion.connection_key_id == uuid.UUID(payload["id"]))
             .run()
-        }
+        )
+        keys = {str(row["id"]): row["answer_key"] for row in rows}
+        references = {str(row["id"]): msgspec.json.decode(row["reference_texts"] or "[]") for row in rows}
         answers = []
         for question in payload["questions"]:
-            if question["choices"] is None:
-                value = "I would love to hear how you got into that." if correct else "ok"
+            if question["kind"] == "COMPREHENSION" and question["choices"] is None:
+                value = PARAPHRASES[keys[question["id"]]] if correct else "I honestly cannot remember, sorry."
+            elif question["choices"] is None:
+                about = references[question["id"]][0].lower() if references[question["id"]] else "your profile"
+                value = f"Reading that {about} made me smile, I'd love to hear the story!" if correct else "ok"
             elif correct:
                 value = keys[question["id"]]
             else:
