@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install models sts
+.PHONY: run test install models sts asag
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,6 @@ models: $(BIN)/.installed  ## build the ONNX sentence models into var/models (fp
 
 sts: $(BIN)/.installed  ## STS Benchmark Spearman of every model variant
 	$(BIN)/python -m scorers.embedding.sts_eval --model-dir var/models
+
+asag: $(BIN)/.installed  ## Pearson of the comprehension scorer vs human grades (Mohler 2011; data read, never copied)
+	$(BIN)/python -m scorers.embedding.asag_eval --data $(or $(ASAG_DATA),../shared/data/asag/mohler_unt_v2.tsv) --model-dir var/models --threads 2
