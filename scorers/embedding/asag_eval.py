@@ -496,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cv: CvResult | None = result["cv"]
         if cv is not None:
             fit, value = cv.in_sample
-            print(f"{variant:7s} {'match_score, leave-one-group-out CV':40s} {cv.pearson:8.4f} {cv.spearman:9.4f}")
-            print(f"{variant:7s} {'match_score, in-sample best of the grid':40s} {value:8.4f} {'':>9s}  ({fit})")
+            print(f"{variant:7s} {'match_score, leave-one-group-out CV':44s} {cv.pearson:8.4f} {cv.spearman:9.4f}")
+            print(f"{variant:7s} {'match_score, in-sample best of the grid':44s} {value:8.4f} {'':>9s}  ({fit})")
             if args.folds:
                 for label, fold_fit, fold_pearson in cv.folds:
                     print(f"{'':7s}   held out {label:>4s}: Pearson {fold_pearson:.4f}  fitted {fold_fit}")
