@@ -16,6 +16,7 @@ from scorers.rule import ChoiceScorer, FreeResponseRuleScorer
 class EchoScorer:
     version = "0.1"
     kinds = frozenset({"FREE_RESPONSE"})
+    deterministic = True
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -58,7 +59,11 @@ def register_plugin(pm: pluggy.PluginManager) -> Iterator[Callable[[object], Non
 def test_built_in_rule_plugin_loads_from_its_entry_point(pm: pluggy.PluginManager) -> None:
     assert pm.has_plugin("rule")
     scorers = collect_scorers(pm)
-    assert set(scorers) == {"rule.choice", "rule.free_response"}
+    # Every built-in plugin loads through its entry point, like a third-party one.
+    assert {"rule", "embedding", "llm_rubric"} <= {name for name, _ in pm.list_name_plugin()}
+    assert {"rule.choice", "rule.free_response", "embedding.similarity", "embedding.rubric", "llm.rubric"} <= set(
+        scorers
+    )
     assert isinstance(scorers["rule.choice"], ChoiceScorer)
     assert isinstance(scorers["rule.free_response"], FreeResponseRuleScorer)
 
@@ -78,8 +83,9 @@ def test_enabling_an_uninstalled_plugin_is_an_error() -> None:
 
 
 def test_a_throwaway_plugin_adds_its_scorer(pm: pluggy.PluginManager, register_plugin) -> None:
+    before = set(collect_scorers(pm))
     register_plugin(ThrowawayPlugin(EchoScorer("test.echo")))
-    assert set(collect_scorers(pm)) == {"rule.choice", "rule.free_response", "test.echo"}
+    assert set(collect_scorers(pm)) == before | {"test.echo"}
 
 
 def test_throwaway_plugins_are_gone_after_unregistering(pm: pluggy.PluginManager) -> None:
