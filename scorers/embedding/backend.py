@@ -82,6 +82,10 @@ class EmbeddingBackend:
             intra_op_threads=self.config.intra_op_threads,
             batch_size=self.config.max_batch,
         )
+        # See EmbeddingConfig.rows_per_inference: int8 runs one sentence per call unless told otherwise.
+        encoder.batch_size = self.config.rows_per_inference or (
+            1 if "int8" in encoder.variant else self.config.max_batch
+        )
         # The cache key must change whenever the vectors could: same file bytes, same settings.
         version = f"{model.stem}:{_file_digest(model)[:16]}:{self.config.max_length}"
         return encoder, version
@@ -153,5 +157,6 @@ class EmbeddingBackend:
             "variant": self._encoder.variant,
             "modelVersion": self.model_version,
             "maxLength": self._encoder.max_length,
+            "rowsPerInference": self._encoder.batch_size,
             "batching": self._service.stats(),
         }

@@ -59,6 +59,11 @@ class EmbeddingConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Tokens per text ([CLS] and [SEP] included); longer answers are truncated and flagged ``truncated``."""
     max_batch: Annotated[int, Meta(ge=1, le=256)] = 32
     """Most sentences per inference when concurrent requests are micro-batched."""
+    rows_per_inference: Annotated[int, Meta(ge=1, le=256)] | None = None
+    """Sentences per onnxruntime call inside a micro-batch. Unset: 1 for int8 models, ``max_batch`` otherwise.
+    Dynamic int8 quantises activations per tensor, so a sentence's vector would depend on the other
+    sentences of its call (scores moved by up to 0.03): one row per call keeps every score independent
+    of whoever else is being scored at the same moment. fp32 is batch-invariant to float precision."""
     batch_window_ms: Annotated[float, Meta(ge=0, le=50)] = 2.0
     """How long the batcher waits for more sentences after the first one, at most."""
     cache_entries: Annotated[int, Meta(ge=0)] = 20_000
