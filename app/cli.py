@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import click
 from litestar.plugins import CLIPluginProtocol
 
+from app.domain.quiz import QuestionKind
+
 __all__ = ["ConnectionKeyCLIPlugin"]
 
 T = TypeVar("T")
@@ -124,10 +126,10 @@ def mint_token(user: str, ttl: int, service_role: bool) -> None:
 @ck.command(
     name="answer-sheet",
     help="Read a createConnectionKey response (REST or GraphQL JSON, file or '-') and print a submission body "
-    "answering it with the target's own words (development only). --wrong answers every choice wrongly.",
+    "answering it with the target's own words (development only). --wrong answers every question wrongly.",
 )
 @click.argument("payload_file", type=click.File("r"))
-@click.option("--wrong", is_flag=True, help="Answer every multiple-choice question wrongly.")
+@click.option("--wrong", is_flag=True, help="Answer every comprehension and consent question wrongly.")
 def answer_sheet(payload_file: Any, wrong: bool) -> None:
     _development_only()
     document = json.load(payload_file)
@@ -143,8 +145,11 @@ def answer_sheet(payload_file: Any, wrong: bool) -> None:
         raise click.ClickException("no such connection key in this database")
     answers = []
     for question in found[0].questions:
-        if question.choices is None:
-            value = f"I would love to hear more about {question.topic} and what it means to you."
+        if question.kind is QuestionKind.FREE_RESPONSE:
+            about = question.references[0].lower() if question.references else question.topic
+            value = f"You wrote that {about}, which made me smile. How did that start?"
+        elif question.choices is None:  # free-text comprehension, scored by meaning
+            value = "I honestly do not remember what they wrote." if wrong else question.answer_key or ""
         elif wrong:
             value = next(c for c in question.choices if c != question.answer_key)
         else:

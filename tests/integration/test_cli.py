@@ -36,7 +36,7 @@ def test_migrate_load_and_seed(database_url: str) -> None:
     env = {"CK_DATABASE__URL": database_url, "CK_DATABASE__AUTO_MIGRATE": "false", "CK_LOGGING__LEVEL": "WARNING"}
     migrated = runner.invoke(ck, ["migrate"], env=env)
     assert migrated.exit_code == 0, migrated.output
-    assert "Running 1 migration" in migrated.output
+    assert "Running 2 migrations" in migrated.output
     loaded = runner.invoke(ck, ["load-templates"], env=env)
     assert loaded.exit_code == 0 and loaded.output.strip() == "loaded 14 templates", loaded.output
     seeded = runner.invoke(ck, ["seed-demo"], env=env)

@@ -13,8 +13,8 @@ def test_defaults() -> None:
     assert not config.configured
     assert (config.model, config.timeout_seconds, config.max_retries, config.max_answers_per_call) == (
         "gpt-4o-mini",
-        4.0,
-        2,
+        2.0,
+        1,
         8,
     )
     assert config.rubric_file == "templates/rubrics/free_response.toml"
