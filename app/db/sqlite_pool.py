@@ -9,6 +9,7 @@ whose ``close()`` returns the connection to the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiosqlite
@@ -44,10 +45,13 @@ class PooledSQLiteEngine(SQLiteEngine):
         self._pool_size = pool_size
         self._synchronous = synchronous
         self._idle: list[aiosqlite.Connection] = []
+        self._connections: set[aiosqlite.Connection] = set()  # every open one, idle or leased
         self._slots: asyncio.Semaphore | None = None
+        self._closed = False
 
     async def _open(self) -> aiosqlite.Connection:
         connection = await aiosqlite.connect(**self.connection_kwargs)
+        self._connections.add(connection)
         connection.row_factory = dict_factory  # type: ignore[assignment]
         await connection.execute("PRAGMA foreign_keys = 1")
         await connection.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -55,6 +59,8 @@ class PooledSQLiteEngine(SQLiteEngine):
 
     async def acquire(self) -> aiosqlite.Connection:
         """An open connection, waiting while all ``pool_size`` are in use."""
+        if self._closed:
+            raise RuntimeError("the SQLite pool is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._pool_size)
         await self._slots.acquire()
@@ -69,18 +75,32 @@ class PooledSQLiteEngine(SQLiteEngine):
         try:
             if connection.in_transaction:
                 await connection.rollback()
-            self._idle.append(connection)
+            if self._closed:
+                await self._close(connection)
+            else:
+                self._idle.append(connection)
         except Exception:  # noqa: BLE001 - a broken connection is dropped, not reused
-            await connection.close()
+            await self._close(connection)
         finally:
             assert self._slots is not None
             self._slots.release()
 
-    async def close_pool(self) -> None:
-        """Close every idle connection (call when no query is running)."""
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.close()
+    async def _close(self, connection: aiosqlite.Connection) -> None:
+        self._connections.discard(connection)
+        await connection.close()
+
+    async def close_pool(self, grace_seconds: float = 5.0) -> None:
+        """Refuse new leases, give leased connections ``grace_seconds`` to come back (a query finishing,
+        a cancelled transaction rolling back), then close every connection, leased or not."""
+        self._closed = True
+        if self._slots is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_seconds):
+                    for _ in range(self._pool_size):
+                        await self._slots.acquire()
+        self._idle = []
+        for connection in list(self._connections):
+            await self._close(connection)
 
     async def get_connection(self) -> Any:
         return _Lease(await self.acquire(), self)

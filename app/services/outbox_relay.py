@@ -21,6 +21,8 @@ __all__ = ["OutboxRelay"]
 
 log = structlog.get_logger(__name__)
 
+SHUTDOWN_GRACE_SECONDS = 10.0
+
 
 class OutboxRelay:
     """Publishes unpublished rows in commit order; a failing event is retried with backoff and, after
@@ -45,6 +47,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._backoff = 0.0
+        self._stopping = False
+        self._stopped = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._loop(), name="outbox-relay")
@@ -52,10 +56,19 @@ class OutboxRelay:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
+        """Let the drain in progress finish (its consumers' transactions commit or roll back cleanly),
+        then stop; cancel only if it takes longer than the grace period. Unpublished rows stay in the
+        outbox for the next start."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+        done, _ = await asyncio.wait([self._task], timeout=SHUTDOWN_GRACE_SECONDS)
+        if not done:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     @property
     def running(self) -> bool:
@@ -66,17 +79,20 @@ class OutboxRelay:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.drain()
             except Exception:
                 log.exception("outbox drain failed")
                 self._backoff = min(max(self._backoff * 2, 0.1), 30.0)
-            if self._backoff:
-                await asyncio.sleep(self._backoff)
+            if self._backoff and not self._stopping:
+                with contextlib.suppress(TimeoutError):  # a stop request cuts the backoff short
+                    await asyncio.wait_for(self._stopped.wait(), self._backoff)
 
     async def drain(self) -> int:
         """Publish everything unpublished now; returns how many events were published."""

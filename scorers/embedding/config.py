@@ -64,8 +64,10 @@ class EmbeddingConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     Dynamic int8 quantises activations per tensor, so a sentence's vector would depend on the other
     sentences of its call (scores moved by up to 0.03): one row per call keeps every score independent
     of whoever else is being scored at the same moment. fp32 is batch-invariant to float precision."""
-    batch_window_ms: Annotated[float, Meta(ge=0, le=50)] = 2.0
-    """How long the batcher waits for more sentences after the first one, at most."""
+    batch_window_ms: Annotated[float, Meta(ge=0, le=50)] = 0.0
+    """How long a batch may wait to fill while an inference is running. Sentences that arrive during an
+    inference always form the next batch; on CPU waiting longer only added latency (bench/RESULTS.md),
+    so 0. On a GPU, where 32 sentences cost about as much as one, a few milliseconds may pay."""
     cache_entries: Annotated[int, Meta(ge=0)] = 20_000
     """Profile-side embeddings kept in process (keyed by model version and text hash)."""
     shared_cache_ttl_seconds: Annotated[float, Meta(gt=0)] = 7 * 24 * 3600
