@@ -72,6 +72,8 @@ class PooledSQLiteEngine(SQLiteEngine):
 
     async def release(self, connection: aiosqlite.Connection) -> None:
         """Return ``connection``; one left inside a transaction (an interrupted caller) is rolled back."""
+        if connection not in self._connections:
+            return  # force-closed by close_pool while leased; its slot went with the old pool
         try:
             if connection.in_transaction:
                 await connection.rollback()
@@ -91,7 +93,8 @@ class PooledSQLiteEngine(SQLiteEngine):
 
     async def close_pool(self, grace_seconds: float = 5.0) -> None:
         """Refuse new leases, give leased connections ``grace_seconds`` to come back (a query finishing,
-        a cancelled transaction rolling back), then close every connection, leased or not."""
+        a cancelled transaction rolling back), then close every connection, leased or not. A lease
+        returned after that is closed, not pooled."""
         self._closed = True
         if self._slots is not None:
             with contextlib.suppress(TimeoutError):
@@ -101,6 +104,8 @@ class PooledSQLiteEngine(SQLiteEngine):
         self._idle = []
         for connection in list(self._connections):
             await self._close(connection)
+        # Closed and empty: a later query opens the pool afresh (e.g. after the database comes back).
+        self._slots, self._closed = None, False
 
     async def get_connection(self) -> Any:
         return _Lease(await self.acquire(), self)

@@ -98,7 +98,7 @@ class OutboxRelay:
         """Publish everything unpublished now; returns how many events were published."""
         published = 0
         async with self._lock:
-            while rows := await self._store.unpublished(self._batch):
+            while not self._stopping and (rows := await self._store.unpublished(self._batch)):
                 try:
                     await self._bus.publish([row.envelope for row in rows])
                 except Exception:  # noqa: BLE001 - isolate the failing event below

@@ -199,7 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", nargs="*", type=float, default=[], help="open-loop arrival rates (sentences/s)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--spinning", action="store_true", help="let idle onnxruntime threads spin")
-    parser.add_argument("--window-ms", type=float, default=2.0, help="EmbeddingService window_ms")
+    parser.add_argument("--window-ms", type=float, default=0.0, help="EmbeddingService window_ms (service default 0)")
+    parser.add_argument(
+        "--rows-per-inference",
+        type=int,
+        default=None,
+        help="sentences per onnxruntime call; default as the service runs it: 1 for int8 (batch-invariant "
+        "scores), the largest batch size for fp32",
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case")
     parser.add_argument("--cached-texts", type=int, default=256, help="texts cycled through in the cached runs")
     parser.add_argument("--max-chars", type=int, default=120, help="longest sentence used")
@@ -221,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             files[variant].model,
             files[variant].tokenizer,
             intra_op_threads=args.threads,
-            batch_size=max(32, *args.batch_sizes),
+            batch_size=args.rows_per_inference or (1 if variant == "int8" else max(32, *args.batch_sizes)),
             allow_spinning=args.spinning,
         )
         encoder.encode(sentences[:64])  # warm-up: first calls allocate

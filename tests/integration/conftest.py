@@ -18,6 +18,7 @@ from app.auth import mint_token
 from app.db.tables import ConnectionKeyQuestion
 from app.services.container import Services
 from app.settings import Settings
+from tests.fake_chat_server import llm_server  # noqa: F401 - the fake LLM endpoint fixture, for test_scoring
 
 # Realistic profile texts: comprehension is scored by meaning, so tests answer in other words.
 PROMPTS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -59,3 +60,29 @@ async def test_a_poison_event_is_retried_then_set_aside_without_reordering(setti
         assert await outbox.unpublished(10) == []
         types = [r["event_type"] for r in await ConnectionKeyEvent.select().order_by(ConnectionKeyEvent.sequence).run()]
         assert types == ["QUIZ_COMPLETED", "QUIZ_COMPLETED", "CONVERSATION_UNLOCKED"]
+
+
+@pytest.mark.asyncio
+async def test_stopping_lets_the_event_in_hand_finish_instead_of_cancelling_it(settings: Settings) -> None:
+    async with open_services(settings, background=False) as services:
+        outbox = OutboxStore()
+        conversation = await services.profile_store.get_or_create_conversation(uuid.uuid4(), uuid.uuid4(), utcnow())
+        event = new_envelope(EventType.QUIZ_COMPLETED, conversation.id, _completed(conversation.id, True), utcnow())
+        async with services.db.transaction():
+            await outbox.append([event])
+        handling, finished = asyncio.Event(), []
+
+        async def slow_consumer(envelopes: list) -> None:
+            handling.set()
+            await asyncio.sleep(0.2)  # the stop request arrives while this is in progress
+            await services.orchestrator.handle(envelopes)
+            finished.append(len(envelopes))
+
+        bus = MemoryEventBus()
+        bus.subscribe("unlock", slow_consumer)
+        async with OutboxRelay(outbox, bus, utcnow):
+            await handling.wait()
+        assert finished == [1]  # not cancelled mid-transaction
+        assert (await services.profile_store.get_conversation(conversation.id)).unlock_state is UnlockState.UNLOCKED
+        row = await ConnectionKeyEvent.select().where(ConnectionKeyEvent.event_id == event.event_id).first().run()
+        assert row["published_at"] is not None

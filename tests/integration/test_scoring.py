@@ -14,7 +14,7 @@ import pytest
 from app.db.tables import ConnectionKeyAttempt
 from app.settings import Settings
 from tests.conftest import make_settings
-from tests.fake_chat_server import FakeChatServer, Step, llm_server  # noqa: F401 (fixture)
+from tests.fake_chat_server import FakeChatServer, Step
 from tests.integration.conftest import BOUNDARIES, PROMPTS, Api
 
 Start = Callable[[Settings], Awaitable[Api]]

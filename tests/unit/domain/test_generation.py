@@ -200,7 +200,9 @@ def test_no_distractor_equals_anything_the_person_wrote_for_that_kind() -> None:
 
 def test_choices_are_distinct_and_as_many_as_configured() -> None:
     for choices in (2, 3, 4, 6):
-        shape = QuizShape(comprehension=3, consent=3, free_response=0, choices_per_question=choices, free_text_comprehension=False)
+        shape = QuizShape(
+            comprehension=3, consent=3, free_response=0, choices_per_question=choices, free_text_comprehension=False
+        )
         for seed in range(50):
             for q in generate(seed, shape=shape):
                 assert q.choices is not None
@@ -276,7 +278,9 @@ def test_variants_are_all_used_across_seeds() -> None:
 
 def test_nearest_difficulty_is_preferred() -> None:
     easy_distractors = set(library()[7].wordings)  # 7 wordings: enough for 2 distractors (drawn from 6)
-    shape = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=3, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=2, consent=2, free_response=1, choices_per_question=3, free_text_comprehension=False
+    )
     for seed in range(50):
         for q in generate(seed, difficulty=1, shape=shape):
             assert q.template_key in {"comp.q1", "cons.q1", "free.q1"}
@@ -298,7 +302,9 @@ def test_fewer_prompts_than_requested_gives_fewer_questions() -> None:
         prompts=[PromptPair("My ideal Sunday", "Baking bread")],
         consent_preferences=[],
     )
-    shape = QuizShape(comprehension=3, consent=2, free_response=1, choices_per_question=4, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=3, consent=2, free_response=1, choices_per_question=4, free_text_comprehension=False
+    )
     for seed in range(20):
         questions = generate(seed, shape=shape, target=target)
         assert [q.kind for q in questions] == [C, F]
@@ -306,13 +312,17 @@ def test_fewer_prompts_than_requested_gives_fewer_questions() -> None:
 
 
 def test_zero_of_a_kind_is_respected() -> None:
-    shape = QuizShape(comprehension=0, consent=1, free_response=0, choices_per_question=3, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=0, consent=1, free_response=0, choices_per_question=3, free_text_comprehension=False
+    )
     questions = generate(1, shape=shape)
     assert [q.kind for q in questions] == [K]
 
 
 def test_free_response_topic_falls_back_to_consent_topics_then_a_default() -> None:
-    shape = QuizShape(comprehension=0, consent=0, free_response=1, choices_per_question=4, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=0, consent=0, free_response=1, choices_per_question=4, free_text_comprehension=False
+    )
     consent_only = profile(prompts=[])
     q = generate(3, shape=shape, target=consent_only)[0]
     assert q.topic in {"pace", "photos", "calls"}
@@ -322,7 +332,9 @@ def test_free_response_topic_falls_back_to_consent_topics_then_a_default() -> No
 
 def test_empty_quiz_is_an_error() -> None:
     target = profile(prompts=[], consent_preferences=[])
-    shape = QuizShape(comprehension=2, consent=2, free_response=0, choices_per_question=4, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=2, consent=2, free_response=0, choices_per_question=4, free_text_comprehension=False
+    )
     with pytest.raises(GenerationError, match="no questions"):
         generate(0, shape=shape, target=target)
 

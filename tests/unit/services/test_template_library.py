@@ -55,7 +55,9 @@ def test_real_library_makes_full_quizzes_at_every_difficulty() -> None:
             ConsentPreference("meeting", "Public places first"),
         ],
     )
-    shape = QuizShape(comprehension=2, consent=2, free_response=1, choices_per_question=6, free_text_comprehension=False)
+    shape = QuizShape(
+        comprehension=2, consent=2, free_response=1, choices_per_question=6, free_text_comprehension=False
+    )
     for difficulty in range(1, 6):
         for seed in range(20):
             questions = generate_quiz(target, templates, shape, difficulty, random.Random(seed))
