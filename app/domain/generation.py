@@ -133,6 +133,33 @@ def _choice_question(
     )
 
 
+def _text_question(
+    rng: random.Random,
+    templates: Sequence[Template],
+    kind: QuestionKind,
+    position: int,
+    difficulty: int,
+    name: str,
+    topic: str,
+    answer_key: str | None,
+    references: list[str] | None = None,
+) -> GeneratedQuestion:
+    template, variant, prompt = _stem(templates, kind, difficulty, rng, name=name, prompt=topic, topic=topic)
+    return GeneratedQuestion(
+        id=_uuid(rng),
+        position=position,
+        kind=kind,
+        prompt=prompt,
+        choices=None,
+        answer_key=answer_key,
+        template_key=template.key,
+        variant=variant,
+        difficulty=difficulty,
+        topic=topic,
+        references=references,
+    )
+
+
 def generate_quiz(
     profile: TargetProfile,
     templates: Sequence[Template],
@@ -158,27 +185,16 @@ def generate_quiz(
     own_answers = {_normalise(p.answer) for p in profile.prompts}
     for pair in prompts:
         if shape.free_text_comprehension:
-            template, variant, prompt = _stem(
-                active,
-                QuestionKind.COMPREHENSION,
-                difficulty,
-                rng,
-                name=name,
-                prompt=pair.question,
-                topic=pair.question,
-            )
             questions.append(
-                GeneratedQuestion(
-                    id=_uuid(rng),
-                    position=len(questions),
-                    kind=QuestionKind.COMPREHENSION,
-                    prompt=prompt,
-                    choices=None,
-                    answer_key=pair.answer,
-                    template_key=template.key,
-                    variant=variant,
-                    difficulty=difficulty,
-                    topic=pair.question,
+                _text_question(
+                    rng,
+                    active,
+                    QuestionKind.COMPREHENSION,
+                    len(questions),
+                    difficulty,
+                    name,
+                    pair.question,
+                    pair.answer,
                 )
             )
             continue
@@ -225,21 +241,16 @@ def generate_quiz(
     for _ in range(shape.free_response):
         topic = rng.choice(topics)
         references = [answers_by_topic[topic]] if topic in answers_by_topic else []
-        template, variant, prompt = _stem(
-            active, QuestionKind.FREE_RESPONSE, difficulty, rng, name=name, prompt=topic, topic=topic
-        )
         questions.append(
-            GeneratedQuestion(
-                id=_uuid(rng),
-                position=len(questions),
-                kind=QuestionKind.FREE_RESPONSE,
-                prompt=prompt,
-                choices=None,
-                answer_key=None,
-                template_key=template.key,
-                variant=variant,
-                difficulty=difficulty,
-                topic=topic,
+            _text_question(
+                rng,
+                active,
+                QuestionKind.FREE_RESPONSE,
+                len(questions),
+                difficulty,
+                name,
+                topic,
+                None,
                 references=[*references, *boundaries],
             )
         )

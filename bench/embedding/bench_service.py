@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from scorers.embedding.config import rows_per_inference  # noqa: E402
 from scorers.embedding.encoder import OnnxSentenceEncoder  # noqa: E402
 from scorers.embedding.onnx_build import ensure_models  # noqa: E402
 from scorers.embedding.service import EmbeddingService  # noqa: E402
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             files[variant].model,
             files[variant].tokenizer,
             intra_op_threads=args.threads,
-            batch_size=args.rows_per_inference or (1 if variant == "int8" else max(32, *args.batch_sizes)),
+            batch_size=rows_per_inference(variant, max(32, *args.batch_sizes), args.rows_per_inference),
             allow_spinning=args.spinning,
         )
         encoder.encode(sentences[:64])  # warm-up: first calls allocate

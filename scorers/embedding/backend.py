@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 
 from plugins.context import PluginContext
-from scorers.embedding.config import EmbeddingConfig
+from scorers.embedding.config import EmbeddingConfig, rows_per_inference
 
 __all__ = ["EmbeddingBackend", "EmbeddingUnavailableError"]
 
@@ -83,9 +83,7 @@ class EmbeddingBackend:
             batch_size=self.config.max_batch,
         )
         # See EmbeddingConfig.rows_per_inference: int8 runs one sentence per call unless told otherwise.
-        encoder.batch_size = self.config.rows_per_inference or (
-            1 if "int8" in encoder.variant else self.config.max_batch
-        )
+        encoder.batch_size = rows_per_inference(encoder.variant, self.config.max_batch, self.config.rows_per_inference)
         # The cache key must change whenever the vectors could: same file bytes, same settings.
         version = f"{model.stem}:{_file_digest(model)[:16]}:{self.config.max_length}"
         return encoder, version

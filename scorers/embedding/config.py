@@ -11,7 +11,7 @@ from msgspec import Meta, Struct
 
 from plugins.context import PluginContext
 
-__all__ = ["EmbeddingConfig", "RubricConfig", "load_config"]
+__all__ = ["EmbeddingConfig", "RubricConfig", "load_config", "rows_per_inference"]
 
 PLUGIN_NAME = "embedding"
 
@@ -80,6 +80,15 @@ class EmbeddingConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     def resolved_model_dir(self, context: PluginContext) -> Path:
         """The model directory, relative paths taken from the working directory."""
         return Path(self.model_dir) if self.model_dir else context.data_dir / "models"
+
+
+def rows_per_inference(variant: str, max_batch: int, configured: int | None = None) -> int:
+    """Sentences per onnxruntime call as the service runs a model (see ``EmbeddingConfig.rows_per_inference``):
+    the configured value, else 1 for int8 builds and ``max_batch`` for the rest. Evaluations and benchmarks
+    use it too, so their figures are those of the service."""
+    if configured is not None:
+        return configured
+    return 1 if "int8" in variant else max_batch
 
 
 def load_config(raw: Mapping[str, Any]) -> EmbeddingConfig:

@@ -109,7 +109,8 @@ def evaluate(
     build: bool = True,
     progress: bool = True,
 ) -> list[VariantResult]:
-    from scorers.embedding.encoder import OnnxSentenceEncoder
+    from scorers.embedding.config import rows_per_inference
+    from scorers.embedding.encoder import DEFAULT_BATCH_SIZE, OnnxSentenceEncoder
     from scorers.embedding.onnx_build import ensure_models, model_files
 
     if build:
@@ -122,7 +123,11 @@ def evaluate(
     results = []
     for variant in variants:
         encoder = OnnxSentenceEncoder(
-            files[variant].model, files[variant].tokenizer, max_length=max_length, intra_op_threads=threads
+            files[variant].model,
+            files[variant].tokenizer,
+            max_length=max_length,
+            intra_op_threads=threads,
+            batch_size=rows_per_inference(variant, DEFAULT_BATCH_SIZE),  # as the service runs it
         )
         start = time.perf_counter()
         cos = cosines(encoder, pairs)
