@@ -81,6 +81,7 @@ class EmbeddingBackend:
             max_length=self.config.max_length,
             intra_op_threads=self.config.intra_op_threads,
             batch_size=self.config.max_batch,
+            allow_spinning=self.config.spin_threads,
         )
         # See EmbeddingConfig.rows_per_inference: int8 runs one sentence per call unless told otherwise.
         encoder.batch_size = rows_per_inference(encoder.variant, self.config.max_batch, self.config.rows_per_inference)

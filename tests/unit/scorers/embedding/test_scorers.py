@@ -217,3 +217,17 @@ async def test_a_missing_model_without_build_fails_at_open_naming_the_fix(tmp_pa
     scorer = scorers_from(context(tmp_path, build_if_missing=False))["embedding.similarity"]
     with pytest.raises(FileNotFoundError, match="make models"):
         await scorer.__aenter__()  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_any_onnx_sentence_model_can_be_configured_by_path(built: dict[str, ModelFiles], tmp_path: Path) -> None:
+    custom = built["fp32"]
+    ctx = PluginContext(
+        data_dir=tmp_path,  # nothing is built here: the paths are used as given
+        settings={"embedding": {"model_path": str(custom.model), "tokenizer_path": str(custom.tokenizer)}},
+    )
+    scorer = scorers_from(ctx)["embedding.similarity"]
+    async with scorer:  # type: ignore[attr-defined]
+        assert await one(scorer, comprehension(KEY)) == 1.0
+        assert scorer.describe()["variant"] == "fp32"  # type: ignore[attr-defined]
+    assert not (tmp_path / "models").exists()
