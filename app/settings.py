@@ -23,6 +23,7 @@ __all__ = [
     "AuthSettings",
     "DatabaseSettings",
     "LoggingSettings",
+    "NotificationSettings",
     "PluginSettings",
     "QueueSettings",
     "QuizSettings",
@@ -225,6 +226,37 @@ class PluginSettings(_Section):
     One value can be set by environment: ``CK_PLUGINS__CONFIG__LLM_RUBRIC__BASE_URL=...``."""
 
 
+class NotificationSettings(_Section):
+    """Push notifications on unlock and on retry available (``[notifications]``).
+
+    Attributes:
+        enabled: ``false`` sends nothing (devices can still register).
+        max_attempts: sends per message, the first included; retryable outcomes are retried until then.
+        backoff_base_seconds: wait before the first retry; it doubles per retry, plus random jitter of
+            up to the same amount.
+        max_backoff_seconds: cap on any single wait. A ``Retry-After`` longer than this ends the retries.
+        send_timeout_seconds: limit on one notifier ``send`` call; past it its messages count as retryable.
+        max_in_flight: status changes being delivered in the background at once; more are dropped (logged
+            and counted), so a push outage cannot pile up tasks.
+        max_devices_per_user: registering more removes the user's least recently registered devices.
+        ttl_seconds: how long push services keep trying to reach an offline device.
+        drain_seconds: at shutdown, how long in-flight deliveries may finish before they are cancelled.
+    """
+
+    enabled: bool = True
+    max_attempts: Annotated[int, Meta(ge=1, le=10)] = 4
+    backoff_base_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.5
+    max_backoff_seconds: Annotated[float, Meta(ge=0, le=600)] = 30.0
+    send_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    max_in_flight: Annotated[int, Meta(ge=1)] = 256
+    max_devices_per_user: Annotated[int, Meta(ge=1, le=100)] = 10
+    ttl_seconds: Annotated[int, Meta(ge=0, le=2_419_200)] = 86_400
+    drain_seconds: Annotated[float, Meta(ge=0, le=60)] = 5.0
+    notifiers: list[str] | None = None
+    """Notifier entry points to load (``connection_key.notifiers``: ``fcm``, ``apns``); unset loads all.
+    Each registers only when its ``[plugins.config.<name>]`` table is filled in."""
+
+
 class LoggingSettings(_Section):
     """structlog output."""
 
@@ -247,6 +279,7 @@ class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
+    notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     @property

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import pluggy
 
 from plugins.context import PluginContext
+from plugins.notifier import Notifier
 from plugins.scorer import Scorer
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "register_scorers"]
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "register_notifiers", "register_scorers"]
 
 PROJECT_NAME = "connection_key"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -34,4 +35,21 @@ def register_scorers(register: Callable[[Scorer], None], context: PluginContext)
     Names must be unique across all plugins (a duplicate stops start-up). Which scorer handles which
     question kind is chosen by the ``[scoring.routes]`` settings, not by the plugin; a plugin may
     register several scorers (e.g. variants to A/B test).
+    """
+
+
+@hookspec
+def register_notifiers(register: Callable[[Notifier], None], context: PluginContext) -> None:
+    """Register push-notification channels (FCM, APNs, ...).
+
+    Called once per process at start-up, after the plugins of the ``connection_key.notifiers``
+    entry-point group load and before the first event is handled. Call ``register(notifier)`` once per
+    :class:`plugins.notifier.Notifier` the plugin provides; return nothing. ``context`` gives the plugin
+    its settings (``context.config(name)``, the ``[plugins.config.<name>]`` table), a writable data
+    directory and the environment. A plugin whose settings table is absent or empty registers nothing;
+    an invalid table should raise with a message naming the key, which stops start-up. Build nothing
+    slow here: a notifier opens its HTTP client in ``__aenter__``, which the service awaits at start-up.
+
+    Notifier names must be unique, and so must the platforms they serve (``"android"``, ``"ios"``): each
+    device platform is routed to exactly one notifier, and a clash stops start-up.
     """

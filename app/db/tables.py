@@ -26,6 +26,7 @@ __all__ = [
     "ConnectionKeyEvent",
     "ConnectionKeyQuestion",
     "Conversation",
+    "DeviceToken",
     "ProcessedEvent",
     "Profile",
     "PromptTemplate",
@@ -166,6 +167,19 @@ class ProcessedEvent(Table, tablename="processed_events"):
     processed_at = Timestamptz(default=TimestamptzNow())
 
 
+class DeviceToken(Table, tablename="device_tokens"):
+    """A device registered for push notifications. A token belongs to one user at a time: registering it
+    again (another account signed in on the device) moves it. ``last_error`` is the last failed send."""
+
+    id = UUID(primary_key=True)
+    user_id = UUID(index=True)
+    platform = Varchar(length=16)
+    token = Text(unique=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    last_error = Text(null=True, default=None)
+
+
 def processed_event_id(consumer: str, event_id: uuid.UUID) -> uuid.UUID:
     """Deterministic row id for (consumer, event id)."""
     return uuid.uuid5(event_id, consumer)
@@ -180,4 +194,5 @@ ALL_TABLES: tuple[type[Table], ...] = (
     ConnectionKeyAttempt,
     ConnectionKeyEvent,
     ProcessedEvent,
+    DeviceToken,
 )

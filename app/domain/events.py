@@ -63,6 +63,8 @@ class ConversationStatusChanged(Struct, frozen=True, rename="camel"):
     score: float | None
     retry_available_at: datetime | None
     updated_at: datetime
+    requester_id: uuid.UUID | None = None
+    """Who took the quiz (retry notices go to them only); absent in events written before it existed."""
 
 
 _PAYLOADS: dict[EventType, type[Struct]] = {

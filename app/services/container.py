@@ -16,6 +16,7 @@ from app.adapters.pubsub import MemoryPubSub, PubSub
 from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter
 from app.adapters.task_queue import TaskQueue
 from app.auth import JwtVerifier
+from app.db.device_store import DeviceStore
 from app.db.engine import Database
 from app.db.key_store import KeyStore
 from app.db.outbox_store import OutboxStore
@@ -25,6 +26,8 @@ from app.db.template_store import TemplateStore
 from app.domain.signing import PayloadSigner
 from app.services.attempt_writer import AttemptWriter
 from app.services.create_key import CreateConnectionKey, KeyDependencies
+from app.services.notifications import CONSUMER_GROUP as NOTIFICATIONS_GROUP
+from app.services.notifications import NotificationService
 from app.services.outbox_relay import OutboxRelay
 from app.services.profiles import ProfileService
 from app.services.scoring_runner import ScoringRunner
@@ -34,6 +37,7 @@ from app.services.unlock_orchestrator import CONSUMER_GROUP, UnlockOrchestrator
 from app.settings import Settings
 from plugins.context import PluginContext
 from plugins.manager import build_plugin_manager, collect_scorers
+from plugins.notifier_manager import build_notifier_manager, collect_notifiers
 from plugins.scorer import Scorer
 
 __all__ = ["Services", "open_services"]
@@ -62,6 +66,7 @@ class Services:
     create_key: CreateConnectionKey
     submit_key: SubmitConnectionKey
     orchestrator: UnlockOrchestrator
+    notifications: NotificationService
     clock: Callable[[], datetime]
 
 
@@ -95,6 +100,7 @@ async def open_services(
     )
     scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled), context)
     runner = ScoringRunner(scorers, settings.scoring)  # fails fast on a bad route, before connecting
+    notifiers = collect_notifiers(build_notifier_manager(settings.notifications.notifiers), context)
     async with contextlib.AsyncExitStack() as stack:
         if background:  # CLI commands never score, so they skip loading models
             await _open_scorers(stack, {name: scorers[name] for name in sorted(runner.in_use)})
@@ -131,6 +137,13 @@ async def open_services(
         )
         orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
         bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
+        # Entered before the relay, so at shutdown the relay stops first and pushes in flight drain.
+        notifications = await stack.enter_async_context(
+            NotificationService(
+                DeviceStore(), notifiers, settings.notifications, profiles=profile_store, processed=outbox, clock=clock
+            )
+        )
+        bus.subscribe(NOTIFICATIONS_GROUP, notifications.handle)
         queue = TaskQueue(settings.queue.max_size, settings.queue.workers)
         if background:
             await stack.enter_async_context(queue)
@@ -154,5 +167,6 @@ async def open_services(
             create_key=CreateConnectionKey(deps, templates, queue),
             submit_key=SubmitConnectionKey(deps, runner, writer),
             orchestrator=orchestrator,
+            notifications=notifications,
             clock=clock,
         )

@@ -102,6 +102,7 @@ class UnlockOrchestrator:
                     score=event.score,
                     retry_available_at=None if state is UnlockState.UNLOCKED else event.retry_available_at,
                     updated_at=now,
+                    requester_id=event.requester_id,
                 )
                 # An unlocked conversation stays quiet; every failure tells the requester when to retry.
                 if state is not current or state is not UnlockState.UNLOCKED:

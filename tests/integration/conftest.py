@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,9 @@ from app.db.tables import ConnectionKeyQuestion
 from app.services.container import Services
 from app.settings import Settings
 from tests.fake_chat_server import llm_server  # noqa: F401 - the fake LLM endpoint fixture, for test_scoring
+
+# Every migration Piccolo generated: a migration run from empty applies them all.
+MIGRATIONS = len(list((Path(__file__).resolve().parents[2] / "piccolo_migrations").glob("connection_key_*.py")))
 
 # Realistic profile texts: comprehension is scored by meaning, so tests answer in other words.
 PROMPTS = [

@@ -18,6 +18,7 @@ from app.auth import JwtVerifier
 from app.cli import ck
 from app.demo import demo_user_id
 from app.settings import load_settings
+from tests.integration.conftest import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["migrate", "load-templates", "seed-demo", "mint-token", "answer-sheet"]
@@ -36,7 +37,7 @@ def test_migrate_load_and_seed(database_url: str) -> None:
     env = {"CK_DATABASE__URL": database_url, "CK_DATABASE__AUTO_MIGRATE": "false", "CK_LOGGING__LEVEL": "WARNING"}
     migrated = runner.invoke(ck, ["migrate"], env=env)
     assert migrated.exit_code == 0, migrated.output
-    assert "Running 2 migrations" in migrated.output
+    assert f"Running {MIGRATIONS} migrations" in migrated.output
     loaded = runner.invoke(ck, ["load-templates"], env=env)
     assert loaded.exit_code == 0 and loaded.output.strip() == "loaded 14 templates", loaded.output
     seeded = runner.invoke(ck, ["seed-demo"], env=env)

@@ -11,6 +11,7 @@ import pytest
 from app.db.outbox_store import envelope_of
 from app.db.tables import ConnectionKeyAttempt, ConnectionKeyEvent, Conversation, ProcessedEvent
 from app.domain.events import EventEnvelope
+from app.services.unlock_orchestrator import CONSUMER_GROUP
 from tests.integration.conftest import Api
 
 
@@ -154,7 +155,7 @@ async def test_consumer_is_idempotent(api: Api) -> None:
     await api.submit(alice, payload["signedPayload"], await api.answers(payload))
 
     async def processed() -> bool:
-        return await ProcessedEvent.count().run() == 1
+        return await ProcessedEvent.count().where(ProcessedEvent.consumer == CONSUMER_GROUP).run() == 1
 
     await api.eventually(processed)
     before = await Conversation.select().first().run()
@@ -166,7 +167,7 @@ async def test_consumer_is_idempotent(api: Api) -> None:
     await api.services.orchestrator.handle(completed * 2)
     assert await Conversation.select().first().run() == before
     assert await ConnectionKeyEvent.count().run() == events_before
-    assert await ProcessedEvent.count().run() == 1
+    assert await ProcessedEvent.count().where(ProcessedEvent.consumer == CONSUMER_GROUP).run() == 1
 
 
 async def _envelopes() -> list[EventEnvelope]:
@@ -194,7 +195,7 @@ async def test_concurrent_submissions_commit_together_and_each_counts_once(api: 
     assert await ConnectionKeyAttempt.count().run() == 12
 
     async def all_applied() -> bool:
-        return await ProcessedEvent.count().run() == 12
+        return await ProcessedEvent.count().where(ProcessedEvent.consumer == CONSUMER_GROUP).run() == 12
 
     await api.eventually(all_applied)
     states = sorted(r["unlock_state"] for r in await Conversation.select(Conversation.unlock_state).run())
