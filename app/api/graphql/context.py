@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from litestar.datastructures import Headers, State
@@ -12,15 +13,23 @@ from app.auth import Principal
 from app.errors import ErrorCode, ServiceError
 from app.services.container import Services
 
+if TYPE_CHECKING:
+    from app.api.graphql.websocket import SubscriptionConnection
+
 __all__ = ["GraphQLContext", "Info", "context_getter"]
 
 
 class GraphQLContext(BaseContext, kw_only=True):
-    """Created once per request; the token is verified on first use and the result reused."""
+    """Created once per request (once per connection over WebSocket, shared by its operations); the
+    token is verified on first use (at ``connection_init`` over WebSocket) and the result reused."""
 
     services: Services
     authorization: str | None = None
     verified: Principal | None = None
+    connection_params: dict[str, Any] | None = None
+    """The ``connection_init`` payload (WebSocket only); Strawberry sets it."""
+    connection: SubscriptionConnection | None = None
+    """The WebSocket this context belongs to, for closing it with a code (WebSocket only)."""
 
     async def principal(self) -> Principal:
         """The verified caller; raises UNAUTHENTICATED."""

@@ -1,14 +1,16 @@
-"""The GraphQL HTTP endpoint.
+"""The GraphQL endpoint: HTTP POST for queries and mutations, WebSocket for subscriptions.
 
 POST is a thin Litestar handler: msgspec decodes the body, the schema executes, msgspec encodes the
 result. Strawberry's own view does the same work through per-request dependency resolution, content
 negotiation and argument plumbing that cost more than our resolvers (measured in bench/RESULTS.md).
-Strawberry's controller still serves GraphiQL (development only) and, later, subscriptions.
+Strawberry's controller still serves GraphiQL (development only) and the WebSocket protocols
+(``graphql-transport-ws`` and the legacy ``graphql-ws``, see :mod:`app.api.graphql.websocket`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Any, ClassVar
 
 import msgspec
 import strawberry
@@ -16,9 +18,19 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.enums import MediaType
 from strawberry.litestar import make_graphql_controller
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types.graphql import OperationType
+from strawberry.types.unset import UnsetType
 
 from app.api.graphql.context import GraphQLContext, context_getter
 from app.api.graphql.schema import build_schema
+from app.api.graphql.websocket import (
+    GraphQLTransportWSHandler,
+    GraphQLWSHandler,
+    SubscriptionConnection,
+    authenticate_connection,
+)
 from app.errors import ErrorCode
 from app.settings import Settings
 
@@ -35,6 +47,14 @@ class GraphQLRequest(msgspec.Struct, frozen=True, rename="camel"):
 
 
 _decoder = msgspec.json.Decoder(GraphQLRequest)
+_HTTP_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
+
+WS_CONNECTION_INIT_WAIT = timedelta(seconds=10)
+"""How long a new socket may stay silent before ``connection_init`` (close 4408)."""
+WS_KEEP_ALIVE_SECONDS = 15.0
+"""Legacy graphql-ws ``ka`` interval (graphql-transport-ws relies on WebSocket ping frames)."""
+WS_MAX_OPERATIONS = 20
+"""Concurrent operations per socket; one more gets an ``error`` message."""
 
 
 def _bad_request(message: str, status: int = 400) -> Response[bytes]:
@@ -43,7 +63,8 @@ def _bad_request(message: str, status: int = 400) -> Response[bytes]:
 
 
 def build_graphql_controller(settings: Settings) -> type:
-    """The ``/graphql`` controller: the thin POST handler, GraphiQL in development only."""
+    """The ``/graphql`` controller: the thin POST handler, subscriptions over WebSocket, GraphiQL in
+    development only."""
     schema: strawberry.Schema = build_schema()
     base: Any = make_graphql_controller(
         schema,
@@ -51,9 +72,25 @@ def build_graphql_controller(settings: Settings) -> type:
         graphql_ide="graphiql" if settings.is_development else None,
         context_getter=context_getter,
         allow_queries_via_get=False,
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+        connection_init_wait_timeout=WS_CONNECTION_INIT_WAIT,
+        keep_alive=True,
+        keep_alive_interval=WS_KEEP_ALIVE_SECONDS,
+        max_subscriptions_per_connection=WS_MAX_OPERATIONS,
     )
 
+    class Connection(SubscriptionConnection):
+        max_message_chars: ClassVar[int] = settings.server.max_body_bytes
+
     class GraphQLController(base):  # type: ignore[misc, valid-type]
+        websocket_adapter_class = Connection
+        graphql_transport_ws_handler_class = GraphQLTransportWSHandler
+        graphql_ws_handler_class = GraphQLWSHandler
+
+        async def on_ws_connect(self, context: GraphQLContext) -> UnsetType:
+            """Authenticate the socket from the ``connection_init`` payload."""
+            return await authenticate_connection(context)
+
         @post("/", status_code=200, include_in_schema=False)
         async def handle_http_post(self, request: Request[Any, Any, Any], state: State) -> Response[bytes]:
             """Execute one GraphQL operation; transport errors are GraphQL-shaped with a typed code."""
@@ -73,12 +110,18 @@ def build_graphql_controller(settings: Settings) -> type:
             context = GraphQLContext(
                 services=services, authorization=request.headers.get("authorization"), request=request
             )
-            result = await schema.execute(
-                operation.query,
-                variable_values=operation.variables,
-                context_value=context,
-                operation_name=operation.operation_name,
-            )
+            try:
+                result = await schema.execute(
+                    operation.query,
+                    variable_values=operation.variables,
+                    context_value=context,
+                    operation_name=operation.operation_name,
+                    allowed_operation_types=_HTTP_OPERATIONS,
+                )
+            except InvalidOperationTypeError:
+                return _bad_request(
+                    "Subscriptions are served over WebSocket at this path (graphql-transport-ws or graphql-ws)."
+                )
             payload: dict[str, Any] = {"data": result.data}
             if result.errors:
                 payload["errors"] = [error.formatted for error in result.errors]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
 from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from app.errors import ErrorCode, ServiceError
 
@@ -27,8 +29,9 @@ def _typed(error: GraphQLError) -> GraphQLError:
             original,
             extensions={"code": original.code.value, **original.extra},
         )
-    if original is None:
-        # Parse and validation errors (unknown field, wrong argument type...): the client's to fix.
+    if original is None or isinstance(original, (InvalidOperationTypeError, CannotGetOperationTypeError)):
+        # Parse and validation errors (unknown field, wrong argument type...) and a subscription sent
+        # over HTTP: the client's to fix.
         code = (error.extensions or {}).get("code") or ErrorCode.BAD_USER_INPUT.value
         return GraphQLError(
             error.message,
@@ -52,7 +55,8 @@ def _typed(error: GraphQLError) -> GraphQLError:
 
 
 class ErrorCodes(SchemaExtension):
-    """Runs after each operation and rewrites its errors."""
+    """Rewrites an operation's errors when it ends, and each streamed result's (subscriptions, operations
+    over WebSocket) before it is sent."""
 
     def on_operation(self) -> Iterator[None]:
         yield
@@ -63,3 +67,13 @@ class ErrorCodes(SchemaExtension):
             self.execution_context.pre_execution_errors = [
                 _typed(e) for e in self.execution_context.pre_execution_errors
             ]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [_typed(e) for e in errors]
+            # Strawberry also keeps these as the pre-execution errors: share the typed ones, so that
+            # on_operation does not log an unexpected error a second time.
+            if self.execution_context.pre_execution_errors is errors:
+                self.execution_context.pre_execution_errors = result.errors
+        yield

@@ -1,4 +1,4 @@
-"""The root schema: merges the domain's queries and mutations and installs the extensions."""
+"""The root schema: merges the domain's queries, mutations and subscriptions and installs the extensions."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from app.api.graphql.errors import ErrorCodes
 from app.api.graphql.resolvers import Mutation, Query
+from app.api.graphql.subscriptions import Subscription
 
 __all__ = ["build_schema"]
 
@@ -22,5 +23,6 @@ def build_schema() -> strawberry.Schema:
     return _Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=[ErrorCodes, lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
     )

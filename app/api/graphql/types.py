@@ -8,6 +8,7 @@ import strawberry
 
 from app.db.profile_store import ConversationRecord, ProfileRecord
 from app.domain import contract
+from app.domain.events import ConversationStatusChanged
 from app.domain.quiz import QuestionKind as QuestionKindEnum
 from app.domain.quiz import UnlockState as UnlockStateEnum
 
@@ -17,6 +18,7 @@ __all__ = [
     "ConnectionKeyQuestion",
     "ConnectionKeyResponseInput",
     "ConnectionKeyResult",
+    "ConnectionKeyStatus",
     "ConsentPreference",
     "ConsentPreferenceInput",
     "Conversation",
@@ -211,5 +213,39 @@ class Conversation:
             participant_ids=[strawberry.ID(str(p)) for p in record.participant_ids],
             unlock_state=record.unlock_state,
             unlocked_at=record.unlocked_at,
+            updated_at=record.updated_at,
+        )
+
+
+@strawberry.type(description="A conversation's unlock status, as streamed by the connectionKeyStatus subscription.")
+class ConnectionKeyStatus:
+    conversation_id: strawberry.ID
+    unlock_state: UnlockState
+    attempt_id: strawberry.ID | None = strawberry.field(
+        description="The attempt that caused this state; null in the first message, which is read from the "
+        "conversation itself."
+    )
+    score: float | None = strawberry.field(description="That attempt's score; null when attemptId is null.")
+    updated_at: datetime
+
+    @classmethod
+    def of_status(cls, status: ConversationStatusChanged) -> ConnectionKeyStatus:
+        """A change published by the unlock orchestrator."""
+        return cls(
+            conversation_id=strawberry.ID(str(status.conversation_id)),
+            unlock_state=status.unlock_state,
+            attempt_id=strawberry.ID(str(status.attempt_id)) if status.attempt_id is not None else None,
+            score=status.score,
+            updated_at=status.updated_at,
+        )
+
+    @classmethod
+    def of_conversation(cls, record: ConversationRecord) -> ConnectionKeyStatus:
+        """The current state, read from the conversation row (which records no attempt)."""
+        return cls(
+            conversation_id=strawberry.ID(str(record.id)),
+            unlock_state=record.unlock_state,
+            attempt_id=None,
+            score=None,
             updated_at=record.updated_at,
         )
