@@ -15,12 +15,15 @@ from app.api.graphql.types import (
     ConnectionKeyResponseInput,
     ConnectionKeyResult,
     Conversation,
+    Device,
+    DevicePlatform,
     Profile,
     ProfileInput,
 )
 from app.domain import contract
 from app.errors import ErrorCode, ServiceError
 from app.services.create_key import public_payload
+from app.services.limits import enforce_limit
 from app.services.profiles import parse_profile_input
 
 __all__ = ["Mutation", "Query"]
@@ -81,6 +84,27 @@ class Mutation:
         data = _convert(input.as_struct_data(), contract.ConnectionKeyResponseInput, "submission")
         result = await info.context.services.submit_key(await info.context.user_id(), data)
         return ConnectionKeyResult.of(result)
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Register the caller's device for push notifications (unlocks, retries). A token registered "
+        "by someone else moves to the caller.",
+    )
+    async def register_device(self, info: Info, platform: DevicePlatform, token: str) -> Device:
+        services = info.context.services
+        user_id = await info.context.user_id()
+        if services.settings.rate_limit.enabled:
+            await enforce_limit(
+                services.limiter, f"device:user:{user_id}", services.settings.rate_limit.create_per_user_per_minute
+            )
+        return Device.of(await services.notifications.register_device(user_id, platform.value, token))
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Stop pushes to this device token; false when the caller had not registered it.",
+    )
+    async def unregister_device(self, info: Info, token: str) -> bool:
+        return await info.context.services.notifications.unregister_device(await info.context.user_id(), token)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Write the caller's own profile.")
     async def upsert_my_profile(self, info: Info, input: ProfileInput) -> Profile:

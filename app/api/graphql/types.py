@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 import strawberry
 
+from app.db.device_store import DeviceRecord
 from app.db.profile_store import ConversationRecord, ProfileRecord
 from app.domain import contract
 from app.domain.events import ConversationStatusChanged
@@ -22,6 +24,8 @@ __all__ = [
     "ConsentPreference",
     "ConsentPreferenceInput",
     "Conversation",
+    "Device",
+    "DevicePlatform",
     "Profile",
     "ProfileInput",
     "Prompt",
@@ -248,4 +252,23 @@ class ConnectionKeyStatus:
             attempt_id=None,
             score=None,
             updated_at=record.updated_at,
+        )
+
+
+@strawberry.enum(description="Which push service reaches the device.")
+class DevicePlatform(enum.Enum):
+    ANDROID = "android"
+    IOS = "ios"
+
+
+@strawberry.type(description="A registered device; the push token itself is never echoed back.")
+class Device:
+    id: strawberry.ID
+    platform: DevicePlatform
+    registered_at: datetime
+
+    @classmethod
+    def of(cls, record: DeviceRecord) -> Device:
+        return cls(
+            id=strawberry.ID(str(record.id)), platform=DevicePlatform(record.platform), registered_at=record.updated_at
         )
