@@ -14,7 +14,7 @@ from typing import Self
 
 import structlog
 
-from app.adapters.event_bus import EventBus
+from app.adapters.event_bus import BusUnavailableError, EventBus
 from app.db.outbox_store import OutboxStore
 
 __all__ = ["OutboxRelay"]
@@ -87,6 +87,10 @@ class OutboxRelay:
                 return
             try:
                 await self.drain()
+            except BusUnavailableError as exc:
+                # The broker is away, not the events at fault: nothing is marked failed; retry with backoff.
+                log.warning("event bus unavailable; events wait in the outbox", error=str(exc))
+                self._backoff = min(max(self._backoff * 2, 0.1), 30.0)
             except Exception:
                 log.exception("outbox drain failed")
                 self._backoff = min(max(self._backoff * 2, 0.1), 30.0)
@@ -101,6 +105,8 @@ class OutboxRelay:
             while not self._stopping and (rows := await self._store.unpublished(self._batch)):
                 try:
                     await self._bus.publish([row.envelope for row in rows])
+                except BusUnavailableError:
+                    raise
                 except Exception:  # noqa: BLE001 - isolate the failing event below
                     published += await self._publish_one_by_one(rows)
                     return published
@@ -114,6 +120,8 @@ class OutboxRelay:
         for row in rows:
             try:
                 await self._bus.publish([row.envelope])
+            except BusUnavailableError:
+                raise
             except Exception as exc:  # noqa: BLE001 - recorded on the row, retried later
                 dead = row.publish_attempts + 1 >= self._max_attempts
                 await self._store.mark_failed(row.sequence, f"{type(exc).__name__}: {exc}", dead, self._clock())

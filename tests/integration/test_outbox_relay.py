@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from app.adapters.event_bus import MemoryEventBus
+from app.adapters.event_bus import BusUnavailableError, MemoryEventBus
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.tables import ConnectionKeyEvent, utcnow
 from app.domain.events import EventType, QuizCompleted
@@ -86,3 +86,36 @@ async def test_stopping_lets_the_event_in_hand_finish_instead_of_cancelling_it(s
         assert (await services.profile_store.get_conversation(conversation.id)).unlock_state is UnlockState.UNLOCKED
         row = await ConnectionKeyEvent.select().where(ConnectionKeyEvent.event_id == event.event_id).first().run()
         assert row["published_at"] is not None
+
+
+@pytest.mark.asyncio
+async def test_a_bus_outage_never_marks_events_failed(settings: Settings) -> None:
+    async with open_services(settings, background=False) as services:
+        outbox = OutboxStore()
+        conversation = await services.profile_store.get_or_create_conversation(uuid.uuid4(), uuid.uuid4(), utcnow())
+        events = [
+            new_envelope(EventType.QUIZ_COMPLETED, conversation.id, _completed(conversation.id, False), utcnow())
+            for _ in range(3)
+        ]
+        async with services.db.transaction():
+            await outbox.append(events)
+        delivered: list = []
+
+        class FlakyBus(MemoryEventBus):
+            down = True
+
+            async def publish(self, envelopes: list) -> None:
+                if self.down:
+                    raise BusUnavailableError("broker unreachable")
+                delivered.extend(e.event_id for e in envelopes)
+
+        bus = FlakyBus()
+        relay = OutboxRelay(outbox, bus, utcnow, max_attempts=2)
+        for _ in range(5):  # more outages than max_attempts: still nobody's fault
+            with pytest.raises(BusUnavailableError):
+                await relay.drain()
+        rows = await ConnectionKeyEvent.select().order_by(ConnectionKeyEvent.sequence).run()
+        assert all(r["publish_attempts"] == 0 and r["last_error"] is None for r in rows)
+        bus.down = False
+        assert await relay.drain() == 3
+        assert delivered == [e.event_id for e in events]  # in order, once each
