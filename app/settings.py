@@ -22,6 +22,7 @@ from app.domain.experiments import Experiment
 __all__ = [
     "AuthSettings",
     "DatabaseSettings",
+    "KafkaSettings",
     "LoggingSettings",
     "NotificationSettings",
     "PluginSettings",
@@ -226,6 +227,32 @@ class PluginSettings(_Section):
     One value can be set by environment: ``CK_PLUGINS__CONFIG__LLM_RUBRIC__BASE_URL=...``."""
 
 
+class KafkaSettings(_Section):
+    """The event bus. Without ``bootstrap_servers`` events go through the in-process bus (same outbox)."""
+
+    bootstrap_servers: str = ""
+    """``host:port[,host:port...]``; empty: the in-process event bus."""
+    topic: str = "connection_key_events"
+    """Every outbox event, keyed by conversation id (so per-conversation order holds)."""
+    dead_letter_topic: str = ""
+    """Events a consumer could not read or apply after ``max_attempts``; empty means ``<topic>.dlq``."""
+    client_id: str = "connection-key"
+    partitions: PositiveInt = 6
+    """Used when the service creates the topics (``create_topics``)."""
+    replication_factor: PositiveInt = 1
+    """1 for a single broker; 3 in production."""
+    create_topics: bool = True
+    """Create missing topics at start (off where topics are managed elsewhere)."""
+    idempotent_producer: bool = True
+    """Kafka's idempotent producer with acks=all. Off only for brokers that refuse it (Tansu 0.6)."""
+    max_attempts: PositiveInt = 5
+    """Tries of a failing event before it goes to the dead-letter topic (broker or database outages never count)."""
+    poll_batch_size: PositiveInt = 500
+    """Records one poll hands the consumer: the orchestrator applies them set-based."""
+    session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Meta(ge=100)] = 3_000
+
+
 class NotificationSettings(_Section):
     """Push notifications on unlock and on retry available (``[notifications]``).
 
@@ -280,6 +307,7 @@ class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     @property

@@ -70,6 +70,29 @@ class Services:
     clock: Callable[[], datetime]
 
 
+def _event_bus(settings: Settings) -> EventBus:
+    """Kafka when ``kafka.bootstrap_servers`` is set, else the in-process bus over the same outbox."""
+    kafka = settings.kafka
+    if not kafka.bootstrap_servers:
+        return MemoryEventBus()
+    from app.adapters.kafka_bus import KafkaEventBus  # aiokafka only loads when Kafka is configured
+
+    return KafkaEventBus(
+        kafka.bootstrap_servers,
+        topic=kafka.topic,
+        dead_letter_topic=kafka.dead_letter_topic or None,
+        client_id=kafka.client_id,
+        partitions=kafka.partitions,
+        replication_factor=kafka.replication_factor,
+        create_topics=kafka.create_topics,
+        idempotent_producer=kafka.idempotent_producer,
+        max_attempts=kafka.max_attempts,
+        poll_batch_size=kafka.poll_batch_size,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+    )
+
+
 async def _open_scorers(stack: contextlib.AsyncExitStack, scorers: dict[str, Scorer]) -> None:
     """Enter every scorer in use that holds resources (models, HTTP clients) before the first request;
     one object registered under several names is entered once. Scorers nothing routes to stay closed."""
@@ -115,7 +138,7 @@ async def open_services(
         cache = await stack.enter_async_context(MemoryCache())
         limiter = await stack.enter_async_context(MemoryRateLimiter())
         pubsub = await stack.enter_async_context(MemoryPubSub())
-        bus = await stack.enter_async_context(MemoryEventBus())
+        bus = await stack.enter_async_context(_event_bus(settings))
         verifier = JwtVerifier(settings.auth)
         stack.push_async_callback(verifier.aclose)
         profile_store, key_store, outbox = ProfileStore(), KeyStore(), OutboxStore()
@@ -136,14 +159,16 @@ async def open_services(
             AttemptWriter(db, key_store, outbox, deps.retry_policy, clock, relay.wake)
         )
         orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
-        bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
+        if background:  # CLI commands must not join the consumer groups
+            bus.subscribe(CONSUMER_GROUP, orchestrator.handle)
         # Entered before the relay, so at shutdown the relay stops first and pushes in flight drain.
         notifications = await stack.enter_async_context(
             NotificationService(
                 DeviceStore(), notifiers, settings.notifications, profiles=profile_store, processed=outbox, clock=clock
             )
         )
-        bus.subscribe(NOTIFICATIONS_GROUP, notifications.handle)
+        if background:
+            bus.subscribe(NOTIFICATIONS_GROUP, notifications.handle)
         queue = TaskQueue(settings.queue.max_size, settings.queue.workers)
         if background:
             await stack.enter_async_context(queue)
