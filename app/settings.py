@@ -29,6 +29,7 @@ __all__ = [
     "QueueSettings",
     "QuizSettings",
     "RateLimitSettings",
+    "RedisSettings",
     "RetrySettings",
     "ScoringSettings",
     "ServerSettings",
@@ -227,6 +228,29 @@ class PluginSettings(_Section):
     One value can be set by environment: ``CK_PLUGINS__CONFIG__LLM_RUBRIC__BASE_URL=...``."""
 
 
+class RedisSettings(_Section):
+    """Rate limits, the quiz cache, single-use claims and subscription fan-out across instances. Without
+    ``url`` all of them live in this process's memory (one instance only)."""
+
+    url: str = ""
+    """``redis://[:password@]host:6379/0`` (or ``rediss://``); empty: in-memory adapters."""
+    key_prefix: str = "ck:"
+    """Prefix of every key and channel (``ck:cache:``, ``ck:rl:``, ``ck:ps:``)."""
+    timeout_seconds: Annotated[float, Meta(gt=0)] = 0.5
+    """Connect, read and write limit per command; a slow Redis never holds a request longer."""
+    cooldown_seconds: Annotated[float, Meta(ge=0)] = 1.0
+    """After a failure Redis is skipped this long, so an outage does not cost a timeout per request."""
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    """While Redis is unreachable: ``open`` lets requests through unlimited, ``closed`` refuses them with
+    RATE_LIMITED and ``retryAfter`` = ``rate_limit_closed_retry_after_seconds``."""
+    rate_limit_closed_retry_after_seconds: Annotated[float, Meta(gt=0)] = 1.0
+    claim_failure: Literal["open", "closed"] = "closed"
+    """Single-use claims (a signed payload is scored once) while Redis is unreachable: ``closed`` answers
+    UNAVAILABLE (try again), ``open`` claims per instance. The database still enforces single use either way."""
+    pubsub_buffer: PositiveInt = 64
+    """Messages a subscriber may fall behind before it is dropped (its socket closes with 1013)."""
+
+
 class KafkaSettings(_Section):
     """The event bus. Without ``bootstrap_servers`` events go through the in-process bus (same outbox)."""
 
@@ -307,6 +331,7 @@ class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 

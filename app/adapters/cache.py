@@ -31,6 +31,10 @@ class Cache(Protocol):
         """Claim ``key`` for ``ttl_seconds`` (> 0): ``True`` for the first caller, ``False`` while claimed."""
         ...
 
+    async def release(self, key: str) -> None:
+        """Give a claim back early (the work it guarded failed and may be tried again)."""
+        ...
+
     async def health(self) -> dict[str, Any]:
         """The ``/ready`` entry: at least ``backend`` and ``ok``."""
         ...
@@ -93,6 +97,9 @@ class MemoryCache:
             return False
         self._claims[key] = now + ttl_seconds
         return True
+
+    async def release(self, key: str) -> None:
+        self._claims.pop(key, None)
 
     async def health(self) -> dict[str, Any]:
         return {"backend": "memory", "ok": True, "entries": len(self._data)}
@@ -186,6 +193,16 @@ class RedisCache:
         if self._claim_failure == "open":
             return await self._local_claims.add_if_absent(key, ttl_seconds)
         raise CacheUnavailable("the shared cache is unreachable; the claim cannot be decided")
+
+    async def release(self, key: str) -> None:
+        await self._local_claims.release(key)
+        if self._health.available():
+            try:
+                await self._redis.delete(f"{self._prefix}claim:{key}")
+            except REDIS_ERRORS as exc:  # it expires on its own; nothing is lost
+                self._health.failed("release", exc)
+            else:
+                self._health.succeeded()
 
     async def health(self) -> dict[str, Any]:
         """Pings Redis (within ``timeout``) and returns ``backend``, ``ok``, ``errors``, ``skipped``,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import structlog
 
-from app.adapters.cache import Cache, MemoryCache
+from app.adapters.cache import Cache, MemoryCache, RedisCache
 from app.adapters.event_bus import EventBus, MemoryEventBus
-from app.adapters.pubsub import MemoryPubSub, PubSub
-from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter
+from app.adapters.pubsub import MemoryPubSub, PubSub, RedisPubSub
+from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from app.adapters.task_queue import TaskQueue
 from app.auth import JwtVerifier
 from app.db.device_store import DeviceStore
@@ -70,6 +70,46 @@ class Services:
     clock: Callable[[], datetime]
 
 
+def _cache(settings: Settings) -> Cache:
+    redis = settings.redis
+    if not redis.url:
+        return MemoryCache()
+    return RedisCache(
+        redis.url,
+        prefix=f"{redis.key_prefix}cache:",
+        timeout=redis.timeout_seconds,
+        cooldown_seconds=redis.cooldown_seconds,
+        claim_failure=redis.claim_failure,
+    )
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter:
+    redis = settings.redis
+    if not redis.url:
+        return MemoryRateLimiter()
+    return RedisRateLimiter(
+        redis.url,
+        failure_mode=redis.rate_limit_failure,
+        closed_retry_after=redis.rate_limit_closed_retry_after_seconds,
+        prefix=f"{redis.key_prefix}rl:",
+        timeout=redis.timeout_seconds,
+        cooldown_seconds=redis.cooldown_seconds,
+    )
+
+
+def _pubsub(settings: Settings) -> PubSub:
+    redis = settings.redis
+    if not redis.url:
+        return MemoryPubSub(redis.pubsub_buffer)
+    return RedisPubSub(
+        redis.url,
+        buffer=redis.pubsub_buffer,
+        prefix=f"{redis.key_prefix}ps:",
+        timeout=redis.timeout_seconds,
+        cooldown_seconds=redis.cooldown_seconds,
+    )
+
+
 def _event_bus(settings: Settings) -> EventBus:
     """Kafka when ``kafka.bootstrap_servers`` is set, else the in-process bus over the same outbox."""
     kafka = settings.kafka
@@ -115,11 +155,12 @@ async def open_services(
     ``background=False`` (CLI commands) skips the task queue workers, the relay loop and opening the
     scorers (loading models).
     """
+    cache = _cache(settings)  # built now, entered below: plugins get it as their shared cache
     context = PluginContext(
         settings=settings.plugins.config,
         data_dir=Path(settings.plugins.data_dir),
         environment=settings.server.environment,
-        shared_cache=None,  # no cross-instance cache until Redis is configured
+        shared_cache=cache if settings.redis.url else None,  # in memory it would only duplicate theirs
     )
     scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled), context)
     runner = ScoringRunner(scorers, settings.scoring)  # fails fast on a bad route, before connecting
@@ -135,9 +176,9 @@ async def open_services(
             await db.migrate()
             count = await templates.load_files(settings.quiz.templates_dir, clock)
             log.info("template library loaded", templates=count)
-        cache = await stack.enter_async_context(MemoryCache())
-        limiter = await stack.enter_async_context(MemoryRateLimiter())
-        pubsub = await stack.enter_async_context(MemoryPubSub())
+        cache = await stack.enter_async_context(cache)
+        limiter = await stack.enter_async_context(_rate_limiter(settings))
+        pubsub = await stack.enter_async_context(_pubsub(settings))
         bus = await stack.enter_async_context(_event_bus(settings))
         verifier = JwtVerifier(settings.auth)
         stack.push_async_callback(verifier.aclose)

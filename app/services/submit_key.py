@@ -8,6 +8,7 @@ import uuid
 import msgspec
 import structlog
 
+from app.adapters.cache import CacheUnavailable
 from app.domain.contract import AnswerInput, ConnectionKeyResponseInput, ConnectionKeyResult, QuestionScore
 from app.domain.quiz import IssuedQuiz
 from app.domain.scoring import ScoringPolicy, summarise
@@ -60,6 +61,20 @@ class SubmitConnectionKey:
             quiz, target_name=target.display_name if target else "them", target_locale=target.locale if target else None
         )
 
+    async def _claim(self, claims: PayloadClaims) -> str:
+        """Spend the payload before the expensive part (scoring runs a model): a replay, on any instance,
+        is refused here instead of being scored and then refused by the database's single-use check,
+        which stays the guarantee."""
+        key = f"submit:{claims.key_id}"
+        ttl = max(1.0, claims.expires_at - self._deps.clock().timestamp() + 60.0)
+        try:
+            claimed = await self._deps.cache.add_if_absent(key, ttl)
+        except CacheUnavailable:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "Submissions are paused for a moment; try again.") from None
+        if not claimed:
+            raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
+        return key
+
     @staticmethod
     def _answers(quiz: IssuedQuiz, claims: PayloadClaims, answers: list[AnswerInput]) -> dict[str, AnswerInput]:
         if [q.id for q in quiz.questions] != claims.question_ids:
@@ -106,12 +121,21 @@ class SubmitConnectionKey:
             )
         quiz = await self._load(claims)
         answers = self._answers(quiz, claims, data.answers)
-        report = await self._runner.score(quiz, answers, quiz.target_locale)
-        verdict = summarise(quiz.questions, report.outcomes, self._policy, quiz.target_name)
-        attempt_id = uuid.uuid4()
-        decision = await self._writer.write(
-            PendingAttempt(attempt_id, quiz, verdict, data.answers, report.shadow, report.variants)
-        )
+        claim = await self._claim(claims)
+        try:
+            report = await self._runner.score(quiz, answers, quiz.target_locale)
+            verdict = summarise(quiz.questions, report.outcomes, self._policy, quiz.target_name)
+            attempt_id = uuid.uuid4()
+            decision = await self._writer.write(
+                PendingAttempt(attempt_id, quiz, verdict, data.answers, report.shadow, report.variants)
+            )
+        except ServiceError as exc:
+            if exc.code not in (ErrorCode.PAYLOAD_REPLAYED, ErrorCode.CONFLICT):
+                await deps.cache.release(claim)  # nothing was recorded: the same payload may be sent again
+            raise
+        except BaseException:
+            await deps.cache.release(claim)
+            raise
         await deps.cache.delete(quiz_cache_key(quiz.key_id))
         log.info("quiz submitted", key_id=str(quiz.key_id), passed=verdict.passed, unlock_state=decision.state.value)
         return ConnectionKeyResult(

@@ -127,7 +127,9 @@ class HealthController(Controller):
 
     @get("/ready", summary="Readiness")
     async def ready(self, services: NamedDependency[Services]) -> Response[dict[str, Any]]:
-        """Database reachable, task queue and outbox relay running; 503 with the failing checks otherwise."""
+        """Database reachable, task queue and outbox relay running, broker reachable when Kafka is configured:
+        503 with the failing checks otherwise. Redis being unreachable is ``degraded`` (still 200): the
+        service keeps answering with the fallbacks chosen in ``[redis]``, and ``backends`` says which."""
         checks = {
             "database": await services.db.ping(),
             "taskQueue": services.queue.running,
@@ -138,19 +140,25 @@ class HealthController(Controller):
         if ping is not None:
             # Events wait in the outbox while the broker is away, but this instance unlocks nothing then.
             checks["eventBus"] = await ping()
+        adapters = {
+            "cache": await services.cache.health(),
+            "rateLimit": await services.limiter.health(),
+            "pubsub": await services.pubsub.health(),
+        }
+        degraded = sorted(name for name, health in adapters.items() if not health.get("ok", True))
+        ready = all(checks.values())
         body: dict[str, Any] = {
-            "status": "ready" if all(checks.values()) else "not ready",
+            "status": "not ready" if not ready else "degraded" if degraded else "ready",
             "checks": checks,
+            "degraded": degraded,
             "backends": {
                 "database": "sqlite" if services.db.is_sqlite else "postgresql",
-                "cache": "memory",
-                "rateLimit": "memory",
-                "pubsub": "memory",
-                "eventBus": bus.health() if hasattr(bus, "health") else "memory",
+                **adapters,
+                "eventBus": bus.health() if hasattr(bus, "health") else {"backend": "memory", "ok": True},
             },
             "queueDepth": services.queue.depth,
             "scorers": {name: _describe(scorer) for name, scorer in sorted(services.scorers.items())},
         }
-        return Response(body, status_code=200 if all(checks.values()) else 503)
+        return Response(body, status_code=200 if ready else 503)
 
     dependencies = {"services": Provide(provide_services, sync_to_thread=False)}
