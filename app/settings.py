@@ -261,6 +261,9 @@ class KafkaSettings(_Section):
     dead_letter_topic: str = ""
     """Events a consumer could not read or apply after ``max_attempts``; empty means ``<topic>.dlq``."""
     client_id: str = "connection-key"
+    group_prefix: str = ""
+    """Prepended to the consumer group names (``unlock``, ``push-notifications``): environments sharing
+    a cluster keep their own offsets."""
     partitions: PositiveInt = 6
     """Used when the service creates the topics (``create_topics``)."""
     replication_factor: PositiveInt = 1

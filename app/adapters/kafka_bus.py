@@ -81,9 +81,12 @@ class KafkaEventBus:
         shutdown_grace_seconds: float = 10.0,
         transient_errors: tuple[type[BaseException], ...] = DEFAULT_TRANSIENT_ERRORS,
         client_options: Mapping[str, Any] | None = None,
+        group_prefix: str = "",
     ) -> None:
         """``client_options`` go to the producer, the consumers and the admin client alike (TLS and SASL:
         ``security_protocol``, ``ssl_context``, ``sasl_mechanism``, ``sasl_plain_username``, ...)."""
+        # Namespaces the consumer groups (e.g. per environment sharing one cluster).
+        self._group_prefix = group_prefix
         servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers)
         servers = [s.strip() for server in servers for s in server.split(",") if s.strip()]
         if not servers:
@@ -343,7 +346,7 @@ class KafkaEventBus:
             self._topic,
             bootstrap_servers=self._servers,
             client_id=f"{self._client_id}-{group}",
-            group_id=group,
+            group_id=f"{self._group_prefix}{group}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._poll_batch_size,

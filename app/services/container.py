@@ -122,6 +122,7 @@ def _event_bus(settings: Settings) -> EventBus:
         topic=kafka.topic,
         dead_letter_topic=kafka.dead_letter_topic or None,
         client_id=kafka.client_id,
+        group_prefix=kafka.group_prefix,
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
         create_topics=kafka.create_topics,

@@ -29,6 +29,7 @@ async def test_an_unlock_travels_through_kafka(
     kafka = {
         "bootstrap_servers": kafka_server.bootstrap_servers,
         "topic": kafka_topic,
+        "group_prefix": f"{kafka_topic}.",
         "idempotent_producer": options["idempotent_producer"],
         "session_timeout_ms": options["session_timeout_ms"],
         "heartbeat_interval_ms": options["heartbeat_interval_ms"],
