@@ -20,24 +20,27 @@ class PluginError(RuntimeError):
     """A plugin could not be loaded or registered something invalid."""
 
 
-def build_plugin_manager(enabled: Iterable[str] | None = None) -> pluggy.PluginManager:
-    """Load plugins from the ``connection_key.scorers`` entry-point group.
+def build_plugin_manager(
+    enabled: Iterable[str] | None = None, *, group: str = ENTRY_POINT_GROUP, what: str = "plugin"
+) -> pluggy.PluginManager:
+    """Load plugins from an entry-point group (``connection_key.scorers`` unless told otherwise).
 
     ``enabled`` limits loading to those entry-point names (``None`` loads all); naming a plugin that is
-    not installed is an error, so a typo cannot silently drop a scorer.
+    not installed is an error, so a typo cannot silently drop a scorer. ``what`` names the plugins in
+    error messages.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    available = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    available = {ep.name: ep for ep in entry_points(group=group)}
     wanted = set(available) if enabled is None else set(enabled)
     missing = wanted - set(available)
     if missing:
-        raise PluginError(f"plugins not installed: {', '.join(sorted(missing))}")
+        raise PluginError(f"{what}s not installed: {', '.join(sorted(missing))}")
     for name in sorted(wanted):
         try:
             plugin = available[name].load()
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed to import: {exc}") from exc
+            raise PluginError(f"{what} {name!r} failed to import: {exc}") from exc
         pm.register(plugin, name=name)
     pm.check_pending()
     return pm

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib.metadata import entry_points
 
 import pluggy
 
-from plugins import hookspecs
 from plugins.context import PluginContext
-from plugins.manager import PluginError
+from plugins.manager import PluginError, build_plugin_manager
 from plugins.notifier import Notifier
 
 __all__ = ["NOTIFIER_ENTRY_POINT_GROUP", "build_notifier_manager", "collect_notifiers"]
@@ -25,21 +23,7 @@ def build_notifier_manager(
     ``enabled`` limits loading to those entry-point names (``None`` loads all installed); naming one that
     is not installed is an error, so a typo cannot silently drop a push channel.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    available = {ep.name: ep for ep in entry_points(group=group)}
-    wanted = set(available) if enabled is None else set(enabled)
-    missing = wanted - set(available)
-    if missing:
-        raise PluginError(f"notifier plugins not installed: {', '.join(sorted(missing))}")
-    for name in sorted(wanted):
-        try:
-            plugin = available[name].load()
-        except Exception as exc:
-            raise PluginError(f"notifier plugin {name!r} failed to import: {exc}") from exc
-        pm.register(plugin, name=name)
-    pm.check_pending()
-    return pm
+    return build_plugin_manager(enabled, group=group, what="notifier plugin")
 
 
 def collect_notifiers(pm: pluggy.PluginManager, context: PluginContext | None = None) -> dict[str, Notifier]:

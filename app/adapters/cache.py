@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Literal, Protocol, Self
 
-from app.adapters.redis_support import REDIS_ERRORS, BackendHealth, redis_client
+from app.adapters.redis_support import REDIS_ERRORS, BackendHealth, pinged_health, redis_client
 
 __all__ = ["Cache", "CacheUnavailable", "MemoryCache", "RedisCache"]
 
@@ -205,12 +205,5 @@ class RedisCache:
                 self._health.succeeded()
 
     async def health(self) -> dict[str, Any]:
-        """Pings Redis (within ``timeout``) and returns ``backend``, ``ok``, ``errors``, ``skipped``,
-        ``lastError``, ``lastErrorAt`` and ``claimFailure``."""
-        try:
-            await self._redis.ping()
-        except REDIS_ERRORS as exc:
-            self._health.failed("ping", exc)
-        else:
-            self._health.succeeded()
-        return self._health.snapshot(claimFailure=self._claim_failure)
+        """Pings Redis; see :func:`app.adapters.redis_support.pinged_health` (plus ``claimFailure``)."""
+        return await pinged_health(self._redis, self._health, claimFailure=self._claim_failure)

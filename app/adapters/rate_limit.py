@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, Self
 
 from msgspec import Struct
 
-from app.adapters.redis_support import REDIS_ERRORS, BackendHealth, redis_client
+from app.adapters.redis_support import REDIS_ERRORS, BackendHealth, pinged_health, redis_client
 
 __all__ = ["GCRA_SCRIPT", "MemoryRateLimiter", "RateDecision", "RateLimiter", "RedisRateLimiter"]
 
@@ -169,12 +169,5 @@ class RedisRateLimiter:
         return RateDecision(False, round(float(retry_after_us) / 1e6, 3))
 
     async def health(self) -> dict[str, Any]:
-        """Pings Redis (within ``timeout``) and returns ``backend``, ``ok``, ``errors``, ``skipped``,
-        ``lastError``, ``lastErrorAt`` and ``failureMode``."""
-        try:
-            await self._redis.ping()
-        except REDIS_ERRORS as exc:
-            self._health.failed("ping", exc)
-        else:
-            self._health.succeeded()
-        return self._health.snapshot(failureMode=self._failure_mode)
+        """Pings Redis; see :func:`app.adapters.redis_support.pinged_health` (plus ``failureMode``)."""
+        return await pinged_health(self._redis, self._health, failureMode=self._failure_mode)

@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-__all__ = ["REDIS_ERRORS", "BackendHealth", "describe_error", "redis_client"]
+__all__ = ["REDIS_ERRORS", "BackendHealth", "describe_error", "pinged_health", "redis_client"]
 
 log = structlog.get_logger(__name__)
 
@@ -98,3 +98,15 @@ class BackendHealth:
             "lastErrorAt": self.last_error_at,
             **extra,
         }
+
+
+async def pinged_health(redis: Redis, health: BackendHealth, **extra: Any) -> dict[str, Any]:
+    """PING Redis (within the client's timeout), record the outcome and return the ``/ready`` snapshot
+    (``backend``, ``ok``, ``errors``, ``skipped``, ``lastError``, ``lastErrorAt`` and ``extra``)."""
+    try:
+        await redis.ping()
+    except REDIS_ERRORS as exc:
+        health.failed("ping", exc)
+    else:
+        health.succeeded()
+    return health.snapshot(**extra)
