@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import asyncpg.exceptions
 import structlog
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
@@ -19,7 +20,16 @@ from app.db.sqlite_pool import PooledSQLiteEngine
 from app.db.tables import ALL_TABLES
 from app.settings import DatabaseSettings
 
-__all__ = ["Database", "engine_from_url", "sqlite_path"]
+__all__ = ["DATABASE_OUTAGE_ERRORS", "Database", "engine_from_url", "sqlite_path"]
+
+# Errors that mean "the database is unreachable right now", not "this event is bad": a consumer retries
+# through them instead of dead-lettering the events it was applying.
+DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+)
 
 os.environ.setdefault("PICCOLO_CONF", "app.db.piccolo_conf")
 log = structlog.get_logger(__name__)

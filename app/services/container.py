@@ -17,7 +17,7 @@ from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLim
 from app.adapters.task_queue import TaskQueue
 from app.auth import JwtVerifier
 from app.db.device_store import DeviceStore
-from app.db.engine import Database
+from app.db.engine import DATABASE_OUTAGE_ERRORS, Database
 from app.db.key_store import KeyStore
 from app.db.outbox_store import OutboxStore
 from app.db.profile_store import ProfileStore
@@ -115,7 +115,7 @@ def _event_bus(settings: Settings) -> EventBus:
     kafka = settings.kafka
     if not kafka.bootstrap_servers:
         return MemoryEventBus()
-    from app.adapters.kafka_bus import KafkaEventBus  # aiokafka only loads when Kafka is configured
+    from app.adapters.kafka_bus import DEFAULT_TRANSIENT_ERRORS, KafkaEventBus  # aiokafka loads only if used
 
     return KafkaEventBus(
         kafka.bootstrap_servers,
@@ -131,6 +131,7 @@ def _event_bus(settings: Settings) -> EventBus:
         poll_batch_size=kafka.poll_batch_size,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        transient_errors=(*DEFAULT_TRANSIENT_ERRORS, *DATABASE_OUTAGE_ERRORS),
     )
 
 
