@@ -214,6 +214,11 @@ class RateLimitSettings(_Section):
     """createConnectionKey calls per requester and target per minute."""
     submit_per_user_per_minute: PositiveInt = 30
     """submitConnectionKey calls per requester per minute."""
+    create_per_ip_per_minute: PositiveInt = 120
+    """createConnectionKey calls per client address per minute (not applied to service-role callers,
+    whose one address speaks for many users). Behind a proxy run uvicorn with ``--proxy-headers``."""
+    submit_per_ip_per_minute: PositiveInt = 120
+    """submitConnectionKey calls per client address per minute (same exemption)."""
 
 
 class PluginSettings(_Section):

@@ -88,12 +88,17 @@ class CreateConnectionKey:
             free_text_comprehension=quiz.comprehension_format == "free_text",
         )
 
-    async def __call__(self, requester_id: uuid.UUID, target_id: uuid.UUID) -> ConnectionKeyPayload:
+    async def __call__(
+        self, requester_id: uuid.UUID, target_id: uuid.UUID, *, client_ip: str | None = None
+    ) -> ConnectionKeyPayload:
+        """Issue a quiz about ``target_id`` to ``requester_id``; ``client_ip`` (end-user calls) is limited too."""
         deps = self._deps
         if requester_id == target_id:
             raise ServiceError(ErrorCode.BAD_USER_INPUT, "You cannot take your own quiz.", field="targetUserId")
         if deps.settings.rate_limit.enabled:
             limits = deps.settings.rate_limit
+            if client_ip:
+                await enforce_limit(deps.limiter, f"create:ip:{client_ip}", limits.create_per_ip_per_minute)
             await enforce_limit(deps.limiter, f"create:user:{requester_id}", limits.create_per_user_per_minute)
             await enforce_limit(
                 deps.limiter, f"create:pair:{requester_id}:{target_id}", limits.create_per_target_per_minute

@@ -106,9 +106,11 @@ class SubmitConnectionKey:
         *,
         path_key_id: uuid.UUID | None = None,
         on_behalf: bool = False,
+        client_ip: str | None = None,
     ) -> ConnectionKeyResult:
         """Submit ``data`` as ``caller_id``. ``on_behalf`` (service role) may submit for the payload's
-        requester; ``path_key_id`` (REST) must be the key the payload was issued for."""
+        requester; ``path_key_id`` (REST) must be the key the payload was issued for; ``client_ip``
+        (end-user calls) is rate limited too."""
         deps = self._deps
         claims = self._verify(data.signed_payload)
         if path_key_id is not None and path_key_id != claims.key_id:
@@ -116,6 +118,10 @@ class SubmitConnectionKey:
         if claims.requester_id != caller_id and not on_behalf:
             raise ServiceError(ErrorCode.FORBIDDEN, "This quiz was issued to someone else.")
         if deps.settings.rate_limit.enabled:
+            if client_ip:
+                await enforce_limit(
+                    deps.limiter, f"submit:ip:{client_ip}", deps.settings.rate_limit.submit_per_ip_per_minute
+                )
             await enforce_limit(
                 deps.limiter, f"submit:user:{claims.requester_id}", deps.settings.rate_limit.submit_per_user_per_minute
             )

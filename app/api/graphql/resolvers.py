@@ -36,6 +36,12 @@ def _uuid(value: str, field: str) -> uuid.UUID:
         raise ServiceError(ErrorCode.BAD_USER_INPUT, f"{field} is not a valid ID.", field=field) from None
 
 
+def _client_ip(info: Info) -> str | None:
+    request = getattr(info.context, "request", None)
+    client = getattr(request, "client", None)
+    return client.host if client is not None else None
+
+
 def _convert(data: dict[str, Any], shape: type[msgspec.Struct], what: str) -> Any:
     try:
         return msgspec.convert(data, shape)
@@ -75,14 +81,14 @@ class Mutation:
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Start a quiz about the target's profile.")
     async def create_connection_key(self, info: Info, target_user_id: strawberry.ID) -> ConnectionKeyPayload:
         payload = await info.context.services.create_key(
-            await info.context.user_id(), _uuid(target_user_id, "targetUserId")
+            await info.context.user_id(), _uuid(target_user_id, "targetUserId"), client_ip=_client_ip(info)
         )
         return ConnectionKeyPayload.of(payload)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Answer a quiz.")
     async def submit_connection_key(self, info: Info, input: ConnectionKeyResponseInput) -> ConnectionKeyResult:
         data = _convert(input.as_struct_data(), contract.ConnectionKeyResponseInput, "submission")
-        result = await info.context.services.submit_key(await info.context.user_id(), data)
+        result = await info.context.services.submit_key(await info.context.user_id(), data, client_ip=_client_ip(info))
         return ConnectionKeyResult.of(result)
 
     @strawberry.mutation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from litestar import Controller, get, post, put
+from litestar import Controller, Request, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
@@ -50,6 +50,7 @@ class ConnectionKeyController(Controller):
         data: JSONBody[CreateConnectionKeyInput],
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
     ) -> ConnectionKeyPayload:
         """Start a quiz about ``targetUserId``. A service-role caller may act for ``requesterUserId``."""
         requester = principal.user_id
@@ -57,7 +58,7 @@ class ConnectionKeyController(Controller):
             if not principal.is_service_role:
                 raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may act for another user.")
             requester = data.requester_user_id
-        return await services.create_key(requester, data.target_user_id)
+        return await services.create_key(requester, data.target_user_id, client_ip=_end_user_ip(request, principal))
 
     @post(
         "/{key_id:uuid}/responses",
@@ -72,10 +73,15 @@ class ConnectionKeyController(Controller):
         data: JSONBody[ConnectionKeyResponseInput],
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
     ) -> ConnectionKeyResult:
         """Score the answers to key ``key_id``; a service-role caller may submit for the quiz's requester."""
         return await services.submit_key(
-            principal.user_id, data, path_key_id=key_id, on_behalf=principal.is_service_role
+            principal.user_id,
+            data,
+            path_key_id=key_id,
+            on_behalf=principal.is_service_role,
+            client_ip=_end_user_ip(request, principal),
         )
 
 
@@ -104,6 +110,11 @@ class ProfileController(Controller):
         if not principal.is_service_role and principal.user_id != user_id:
             raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may write another user's profile.")
         return await services.profiles.upsert(user_id, data)
+
+
+def _end_user_ip(request: Request[Any, Any, Any], principal: Principal) -> str | None:
+    # A service role's address stands for many users: only end users are limited per address.
+    return None if principal.is_service_role or request.client is None else request.client.host
 
 
 def _describe(scorer: Scorer) -> dict[str, Any]:
