@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Self
 
 import httpx
@@ -13,6 +12,7 @@ import msgspec
 
 from notifiers.apns.config import ApnsConfig
 from notifiers.apns.provider_token import ProviderToken
+from notifiers.http_notifier import HttpNotifier
 from plugins.notifier import PushMessage, PushOutcome, PushStatus, parse_retry_after
 
 __all__ = ["ApnsNotifier", "apns_headers", "apns_payload", "classify_response"]
@@ -77,7 +77,7 @@ def classify_response(token: str, response: httpx.Response) -> PushOutcome:
     return PushOutcome(token=token, status=outcome, detail=detail, retry_after=retry_after)
 
 
-class ApnsNotifier:
+class ApnsNotifier(HttpNotifier):
     """Sends alert notifications through APNs, one request (stream) per device, ``max_concurrency`` in
     flight over one HTTP/2 connection pool. Open it (``async with``) before sending."""
 
@@ -100,9 +100,7 @@ class ApnsNotifier:
             clock=clock,
         )
         self._clock = clock
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        super().__init__(config.max_concurrency, transport)
 
     async def __aenter__(self) -> Self:
         cleartext = self.config.base_url.startswith("http://")
@@ -117,22 +115,10 @@ class ApnsNotifier:
         )
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def describe(self) -> dict[str, Any]:
         return {"topic": self.config.topic, "platforms": sorted(self.platforms), "open": bool(self._client)}
 
-    async def send(self, batch: Sequence[PushMessage]) -> list[PushOutcome]:
-        """One attempt per message, ``max_concurrency`` at a time."""
-        return list(await asyncio.gather(*(self._send_one(message) for message in batch)))
-
-    async def _send_one(self, message: PushMessage) -> PushOutcome:
-        client = self._client
-        if client is None:
-            return PushOutcome(token=message.token, status=PushStatus.RETRYABLE, detail="notifier not open")
+    async def _deliver(self, client: httpx.AsyncClient, message: PushMessage) -> PushOutcome:
         if not _HEX_TOKEN.fullmatch(message.token):  # also keeps the token from escaping the URL path
             return PushOutcome(token=message.token, status=PushStatus.INVALID_TOKEN, detail="malformed token")
         provider_token = self.provider_token.current()

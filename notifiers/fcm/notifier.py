@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import httpx
@@ -12,6 +11,7 @@ import msgspec
 
 from notifiers.fcm.config import FCM_SCOPE, FcmConfig, ServiceAccount
 from notifiers.fcm.oauth import AccessTokenError, ServiceAccountTokens
+from notifiers.http_notifier import HttpNotifier
 from plugins.notifier import PushMessage, PushOutcome, PushStatus, parse_retry_after
 
 __all__ = ["FcmNotifier", "classify_response", "fcm_request_body"]
@@ -80,7 +80,7 @@ def classify_response(token: str, response: httpx.Response) -> PushOutcome:
     return PushOutcome(token=token, status=outcome, detail=detail, retry_after=retry_after)
 
 
-class FcmNotifier:
+class FcmNotifier(HttpNotifier):
     """Sends through FCM HTTP v1 with a service account's OAuth 2.0 access token (cached, renewed
     before it expires, dropped on a 401). Open it (``async with``) before sending."""
 
@@ -103,9 +103,7 @@ class FcmNotifier:
             refresh_margin=config.token_refresh_margin_seconds,
             clock=clock,
         )
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        super().__init__(config.max_concurrency, transport)
 
     async def __aenter__(self) -> Self:
         self._client = httpx.AsyncClient(
@@ -116,22 +114,10 @@ class FcmNotifier:
         )
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def describe(self) -> dict[str, Any]:
         return {"projectId": self.config.project_id, "platforms": sorted(self.platforms), "open": bool(self._client)}
 
-    async def send(self, batch: Sequence[PushMessage]) -> list[PushOutcome]:
-        """One attempt per message, ``max_concurrency`` at a time."""
-        return list(await asyncio.gather(*(self._send_one(message) for message in batch)))
-
-    async def _send_one(self, message: PushMessage) -> PushOutcome:
-        client = self._client
-        if client is None:
-            return PushOutcome(token=message.token, status=PushStatus.RETRYABLE, detail="notifier not open")
+    async def _deliver(self, client: httpx.AsyncClient, message: PushMessage) -> PushOutcome:
         async with self._semaphore:
             try:
                 access_token = await self.tokens.token(client)
