@@ -249,9 +249,10 @@ class RedisSettings(_Section):
     """While Redis is unreachable: ``open`` lets requests through unlimited, ``closed`` refuses them with
     RATE_LIMITED and ``retryAfter`` = ``rate_limit_closed_retry_after_seconds``."""
     rate_limit_closed_retry_after_seconds: Annotated[float, Meta(gt=0)] = 1.0
-    claim_failure: Literal["open", "closed"] = "closed"
-    """Single-use claims (a signed payload is scored once) while Redis is unreachable: ``closed`` answers
-    UNAVAILABLE (try again), ``open`` claims per instance. The database still enforces single use either way."""
+    claim_failure: Literal["open", "closed"] = "open"
+    """Single-use claims (a replayed payload is refused before scoring) while Redis is unreachable: ``open``
+    claims per instance (the default: the database enforces single use either way, so only the early
+    refusal weakens), ``closed`` answers UNAVAILABLE (try again)."""
     pubsub_buffer: PositiveInt = 64
     """Messages a subscriber may fall behind before it is dropped (its socket closes with 1013)."""
 
