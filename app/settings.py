@@ -60,6 +60,15 @@ class ServerSettings(_Section):
     max_body_bytes: PositiveInt = 64 * 1024
     """Largest accepted request body; larger bodies get 413 before any parsing."""
     graphql_path: str = "/graphql"
+    ws_connection_init_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    """How long a new WebSocket may stay silent before ``connection_init`` (then close 4408)."""
+    ws_keep_alive_seconds: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    """Legacy ``graphql-ws`` ``ka`` interval (``graphql-transport-ws`` relies on WebSocket pings)."""
+    ws_max_operations: Annotated[int, Meta(ge=1, le=1000)] = 20
+    """Concurrent subscriptions per socket; one more gets an ``error`` message."""
+    ws_send_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    """A subscriber whose socket takes longer to accept a message is closed (1013): slow readers cannot
+    hold server memory."""
     """Where the GraphQL endpoint (and GraphiQL in development) is served."""
 
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-from app.api.graphql.websocket import SubscriptionConnection
 from app.domain.events import ConversationStatusChanged
 from app.domain.quiz import UnlockState
 from app.services.unlock_orchestrator import status_channel
@@ -280,8 +279,11 @@ async def test_an_expired_token_closes_the_socket(
 
 @SQLITE
 @pytest.mark.asyncio
-async def test_a_subscriber_that_never_reads_is_dropped(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(SubscriptionConnection, "send_timeout_seconds", 0.5)
+async def test_a_subscriber_that_never_reads_is_dropped(
+    api_factory: Callable[[Settings], Awaitable[Api]], settings: Settings
+) -> None:
+    server = msgspec.structs.replace(settings.server, ws_send_timeout_seconds=0.5)
+    api = await api_factory(msgspec.structs.replace(settings, server=server))
     alice, bob, key = await _conversation(api)
     cid = key["conversationId"]
     async with serve_app(api.app, send_buffer=4096) as base:
@@ -378,11 +380,10 @@ async def test_a_subscription_over_http_post_is_refused(api: Api) -> None:
 async def test_a_silent_socket_is_closed_after_the_init_wait(
     api_factory: Callable[[Settings], Awaitable[Api]],
     settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
     protocol: str,
 ) -> None:
-    monkeypatch.setattr("app.api.graphql.controller.WS_CONNECTION_INIT_WAIT", timedelta(seconds=0.3))
-    api = await api_factory(settings)
+    server = msgspec.structs.replace(settings.server, ws_connection_init_seconds=0.3)
+    api = await api_factory(msgspec.structs.replace(settings, server=server))
     async with serve_app(api.app) as base, GraphQLWebSocket.open(base + "/graphql", protocol) as client:
         assert await client.closed() == (4408, "Connection initialisation timeout")
 

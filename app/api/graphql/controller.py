@@ -49,13 +49,6 @@ class GraphQLRequest(msgspec.Struct, frozen=True, rename="camel"):
 _decoder = msgspec.json.Decoder(GraphQLRequest)
 _HTTP_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
 
-WS_CONNECTION_INIT_WAIT = timedelta(seconds=10)
-"""How long a new socket may stay silent before ``connection_init`` (close 4408)."""
-WS_KEEP_ALIVE_SECONDS = 15.0
-"""Legacy graphql-ws ``ka`` interval (graphql-transport-ws relies on WebSocket ping frames)."""
-WS_MAX_OPERATIONS = 20
-"""Concurrent operations per socket; one more gets an ``error`` message."""
-
 
 def _bad_request(message: str, status: int = 400) -> Response[bytes]:
     body = {"data": None, "errors": [{"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]}
@@ -73,14 +66,15 @@ def build_graphql_controller(settings: Settings) -> type:
         context_getter=context_getter,
         allow_queries_via_get=False,
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
-        connection_init_wait_timeout=WS_CONNECTION_INIT_WAIT,
+        connection_init_wait_timeout=timedelta(seconds=settings.server.ws_connection_init_seconds),
         keep_alive=True,
-        keep_alive_interval=WS_KEEP_ALIVE_SECONDS,
-        max_subscriptions_per_connection=WS_MAX_OPERATIONS,
+        keep_alive_interval=settings.server.ws_keep_alive_seconds,
+        max_subscriptions_per_connection=settings.server.ws_max_operations,
     )
 
     class Connection(SubscriptionConnection):
         max_message_chars: ClassVar[int] = settings.server.max_body_bytes
+        send_timeout_seconds: ClassVar[float] = settings.server.ws_send_timeout_seconds
 
     class GraphQLController(base):  # type: ignore[misc, valid-type]
         websocket_adapter_class = Connection
