@@ -60,7 +60,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
-
 from httpload import CpuWindow, build_request, open_conn, percentile, request_many  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -210,7 +209,7 @@ class Brokers:
 
     def pids(self) -> list[int]:
         out = []
-        for proc in (self.redis._process, self.tansu._process):  # noqa: SLF001 - the test helpers' own handles
+        for proc in (self.redis._process, self.tansu._process):
             if proc is not None and proc.poll() is None:
                 out.append(proc.pid)
         return out
