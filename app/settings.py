@@ -291,6 +291,9 @@ class KafkaSettings(_Section):
     """Tries of a failing event before it goes to the dead-letter topic (broker or database outages never count)."""
     poll_batch_size: PositiveInt = 500
     """Records one poll hands the consumer: the orchestrator applies them set-based."""
+    fetch_max_wait_ms: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    """Longest a consumer fetch waits on the broker when there is nothing new. Kafka answers as soon as
+    data arrives; a broker that does not (Tansu) adds up to this much latency to every event."""
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Meta(ge=100)] = 3_000
 

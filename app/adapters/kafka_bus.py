@@ -82,11 +82,15 @@ class KafkaEventBus:
         transient_errors: tuple[type[BaseException], ...] = DEFAULT_TRANSIENT_ERRORS,
         client_options: Mapping[str, Any] | None = None,
         group_prefix: str = "",
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         """``client_options`` go to the producer, the consumers and the admin client alike (TLS and SASL:
         ``security_protocol``, ``ssl_context``, ``sasl_mechanism``, ``sasl_plain_username``, ...)."""
         # Namespaces the consumer groups (e.g. per environment sharing one cluster).
         self._group_prefix = group_prefix
+        # A broker that does not answer a waiting fetch as soon as data arrives (Tansu) adds up to this
+        # much to every event's latency; Kafka answers early, so a short wait only costs idle requests.
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers)
         servers = [s.strip() for server in servers for s in server.split(",") if s.strip()]
         if not servers:
@@ -350,6 +354,7 @@ class KafkaEventBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._poll_batch_size,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
             request_timeout_ms=max(self._request_timeout_ms, self._session_timeout_ms + 5_000),
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,

@@ -129,6 +129,7 @@ def _event_bus(settings: Settings) -> EventBus:
         idempotent_producer=kafka.idempotent_producer,
         max_attempts=kafka.max_attempts,
         poll_batch_size=kafka.poll_batch_size,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         transient_errors=(*DEFAULT_TRANSIENT_ERRORS, *DATABASE_OUTAGE_ERRORS),
