@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -44,7 +43,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
 
+from procstat import CLK_TCK, client_cpu_seconds, descendants, free_port, proc_cpu_seconds  # noqa: E402
 from httpload import CpuWindow, PhaseResult, build_request, closed_loop, open_loop, request_many  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -90,40 +90,6 @@ def log(message: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime, all threads
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 class Server:
@@ -161,7 +127,7 @@ class Server:
                 with socket.create_connection((HOST, self.port), timeout=1.0) as s:
                     s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
                     if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        self._pids = _descendants(self.proc.pid)
+                        self._pids = descendants(self.proc.pid)
                         return
             except OSError:
                 pass
@@ -169,7 +135,7 @@ class Server:
         raise RuntimeError(f"{self.name} server not ready after {timeout}s:\n{self.tail()}")
 
     def cpu_seconds(self) -> float:
-        return sum(_proc_cpu_seconds(p) for p in self._pids)
+        return sum(proc_cpu_seconds(p) for p in self._pids)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -194,7 +160,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
         except (OSError, ValueError, IndexError):
             continue
     return out
@@ -207,11 +173,6 @@ def thread_split(pid: int, before: dict[int, float], after: dict[int, float], wa
     rest = sum(v - before.get(t, 0.0) for t, v in after.items() if t != pid)
     return {"main_thread_pct": round(100 * main / wall, 1), "other_threads_pct": round(100 * rest / wall, 1),
             "threads": len(after)}
-
-
-def client_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,7 +395,7 @@ class Bench:
                 with socket.create_connection((HOST, self.bare.port), timeout=1.0) as s:
                     s.sendall(f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
                     if s.recv(64).startswith(b"HTTP/1.1 "):
-                        self.bare._pids = _descendants(self.bare.proc.pid)
+                        self.bare._pids = descendants(self.bare.proc.pid)
                         return
             except OSError:
                 pass
@@ -984,7 +945,7 @@ def write_results_md(path: Path, doc: dict[str, Any], table: str) -> None:
         "",
         f"- Machine: {m['nproc']} cores (`nproc` = {m['nproc']}), {m['cpu_model']}; `python -V`: Python {m['python']}; "
         f"{m['platform']}",
-        f"- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
+        "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
         f"- App code measured: `{measured}` (short sha256 over app/, scorers/, plugins/, templates/ when the "
         f"service started; it keeps what it imported then)"
         + ("" if m["app_tree_sha256"] == measured else
@@ -992,7 +953,7 @@ def write_results_md(path: Path, doc: dict[str, Any], table: str) -> None:
            f"{m['app_newest_file']})"),
         f"- Command: `{doc['command']}` ({doc['elapsed_s']:.0f} s in all)",
         f"- Server: `{doc['server_commands'].get('ck', '')}`; baseline: `{doc['server_commands'].get('bare', '')}`",
-        f"- Pinning: " + ("none (--no-pin)" if not doc["pinning"] else
+        "- Pinning: " + ("none (--no-pin)" if not doc["pinning"] else
                           f"server `{doc['pinning']['server']}`, generator `{doc['pinning']['generator']}`"),
         f"- Saturation: {cfg['clients']} keep-alive clients, closed loop, {cfg['warmup']:g} s warm-up + "
         f"{cfg['duration']:g} s measured. Fixed rate: open loop at {cfg['rate']:g}/s, {cfg['warmup']:g} s warm-up + "
@@ -1005,7 +966,7 @@ def write_results_md(path: Path, doc: dict[str, Any], table: str) -> None:
     ]
     pool_notes = [f"{r['scenario']}: {r.get('pool_keys')} keys" for r in doc["results"] if r.get("pool_keys")]
     if pool_notes:
-        block += [f"Key pools (single-use keys pre-created over REST before each submit phase, not timed): "
+        block += ["Key pools (single-use keys pre-created over REST before each submit phase, not timed): "
                   + "; ".join(pool_notes) + ".", ""]
     for prof in doc["profiles"]:
         th = prof.get("thread_cpu_pct") or {}
