@@ -293,7 +293,7 @@ class KafkaSettings(_Section):
     """Records one poll hands the consumer: the orchestrator applies them set-based."""
     fetch_max_wait_ms: Annotated[int, Meta(ge=1, le=10_000)] = 100
     """Longest a consumer fetch waits on the broker when there is nothing new. Kafka answers as soon as
-    data arrives; a broker that does not (Tansu) adds up to this much latency to every event."""
+    data arrives; a broker that does not (Tansu appeared not to: bench/RESULTS.md) adds up to this much per event."""
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Meta(ge=100)] = 3_000
 
