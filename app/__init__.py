@@ -14,7 +14,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from app.api.graphql.controller import build_graphql_controller
 from app.api.rest.controllers import ConnectionKeyController, HealthController, ProfileController
+from app.api.rest.moderation import ModerationController
 from app.api.rest.problems import exception_handlers
+from app.api.rest.users import UserController
+from app.api.security_headers import security_headers_hook
 from app.cli import ConnectionKeyCLIPlugin
 from app.lifespan import services_lifespan
 from app.observability import configure_logging, request_id_middleware
@@ -42,12 +45,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ConnectionKeyController,
             ProfileController,
             HealthController,
+            ModerationController,
+            UserController,
         ],
         lifespan=[services_lifespan(settings)],
         middleware=[request_id_middleware],
         exception_handlers=exception_handlers,
         plugins=[ConnectionKeyCLIPlugin()],
         request_max_body_size=settings.server.max_body_bytes,
+        before_send=[security_headers_hook(settings)],
         state=State({"services": None, "settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Connection Key",

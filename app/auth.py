@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.errors import ErrorCode, ServiceError
-from app.settings import AuthSettings
+from app.settings import AuthSettings, ModerationSettings
 
-__all__ = ["JwtVerifier", "Principal", "mint_token"]
+__all__ = ["JwtVerifier", "Principal", "mint_token", "require_moderator", "roles_at"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +65,21 @@ class Principal(msgspec.Struct, frozen=True):
     is_service_role: bool
     scopes: frozenset[str]
     expires_at: datetime.datetime
+    roles: frozenset[str] = frozenset()
+    """Roles read from the configured roles claim (``[moderation] roles_claim``); also in ``scopes``."""
+    is_moderator: bool = False
+    """The roles claim holds ``[moderation] moderator_role``. Never granted by ``scope``/``role`` claims."""
+
+    def has_role(self, role: str) -> bool:
+        """Whether the token's roles claim lists ``role``."""
+        return role in self.roles
+
+
+def require_moderator(principal: Principal) -> Principal:
+    """The principal when it is a moderator; ``ServiceError(FORBIDDEN)`` otherwise."""
+    if not principal.is_moderator:
+        raise ServiceError(ErrorCode.FORBIDDEN, "This needs the moderator role.")
+    return principal
 
 
 class _Jwk(NamedTuple):
@@ -122,6 +137,22 @@ def _fits(jwk: _Jwk, alg: str) -> bool:
     return alg != "ES256" or jwk.crv == "P-256"
 
 
+# RFC 8725 §3.11 explicit typing: an access token says it is a JWT (or an RFC 9068 access token), and
+# a token typed as anything else (an ID token, a logout token) is not accepted here.
+_ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """Refuse a token whose header asks for more than we do. ``jku``, ``x5u``, ``jwk`` and ``x5c`` are
+    never read: keys come only from settings, so a token cannot bring its own key."""
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
+        raise _reject("bad_type", "Token type is not accepted")
+    if "crit" in header:
+        # We implement no JWS extensions; a critical one we do not understand must fail (RFC 7515 §4.1.11).
+        raise _reject("crit_not_supported", "Token uses an unsupported critical header")
+
+
 def _select(keys: list[_Jwk], alg: str, kid: str | None) -> Any | None:
     if kid is not None:
         named = [k for k in keys if k.kid == kid]
@@ -133,27 +164,36 @@ def _select(keys: list[_Jwk], alg: str, kid: str | None) -> Any | None:
     return fitting[0].key if len(fitting) == 1 else None
 
 
-def _scopes(claims: dict[str, Any]) -> frozenset[str]:
-    found: set[str] = set()
+def roles_at(claims: dict[str, Any], path: str) -> frozenset[str]:
+    """The non-empty strings of the list at dotted ``path`` (``app_metadata.roles``); anything else is no
+    roles: a string, a number or a missing level never grants one."""
+    node: Any = claims
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, list):
+        return frozenset()
+    return frozenset(r for r in node if isinstance(r, str) and r)
+
+
+def _scopes(claims: dict[str, Any], roles: frozenset[str]) -> frozenset[str]:
+    found: set[str] = set(roles)
     for name in ("scope", "scopes"):
         value = claims.get(name)
         if isinstance(value, str):
             found.update(value.split())
         elif isinstance(value, list):
             found.update(v for v in value if isinstance(v, str) and v)
-    metadata = claims.get("app_metadata")
-    roles = metadata.get("roles") if isinstance(metadata, dict) else None
-    if isinstance(roles, list):
-        found.update(r for r in roles if isinstance(r, str) and r)
     return frozenset(found)
 
 
 class JwtVerifier:
     """Verifies Supabase access tokens against :class:`AuthSettings`; safe to share per process."""
 
-    def __init__(self, settings: AuthSettings) -> None:
-        """Keep the settings; JWKS sources are read lazily on the first asymmetric token."""
+    def __init__(self, settings: AuthSettings, moderation: ModerationSettings | None = None) -> None:
+        """Keep the settings; JWKS sources are read lazily on the first asymmetric token. ``moderation``
+        says where roles live in the token and which one makes a moderator (defaults when omitted)."""
         self._settings = settings
+        self._moderation = moderation or ModerationSettings()
         # Intersect because AuthSettings(...) kwargs bypass msgspec's Literal validation.
         self._allowed = frozenset(settings.algorithms) & _SUPPORTED_ALGORITHMS
         self._file_keys: list[_Jwk] | None = None
@@ -198,6 +238,7 @@ class JwtVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._allowed:
             raise _reject("alg_not_allowed", "Token signing algorithm is not allowed")
+        _check_header(header)
         key = self._settings.jwt_secret if alg == "HS256" else await self._asymmetric_key(alg, header.get("kid"))
         try:
             claims = jwt.decode(
@@ -232,12 +273,15 @@ class JwtVerifier:
             expires_at = datetime.datetime.fromtimestamp(int(claims["exp"]), tz=datetime.UTC)
         except (ValueError, TypeError, OverflowError, OSError):
             raise _reject("malformed", "Token is malformed") from None
+        roles = roles_at(claims, self._moderation.roles_claim)
         return Principal(
             user_id=user_id,
             role=role,
             is_service_role=role == self._settings.service_role,
-            scopes=_scopes(claims),
+            scopes=_scopes(claims, roles),
             expires_at=expires_at,
+            roles=roles,
+            is_moderator=self._moderation.moderator_role in roles,
         )
 
     async def _asymmetric_key(self, alg: str, kid: Any) -> Any:

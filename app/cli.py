@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import click
 from litestar.plugins import CLIPluginProtocol
 
+from app.audit_cli import audit
 from app.domain.quiz import QuestionKind
+from app.encryption_cli import keys, users
 
 __all__ = ["ConnectionKeyCLIPlugin"]
 
@@ -157,6 +159,11 @@ def answer_sheet(payload_file: Any, wrong: bool) -> None:
         answers.append({"questionId": str(question.id), "value": value, "elapsedMs": 4000})
     json.dump({"signedPayload": payload["signedPayload"], "answers": answers}, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+ck.add_command(audit)
+ck.add_command(keys)
+ck.add_command(users)
 
 
 class ConnectionKeyCLIPlugin(CLIPluginProtocol):

@@ -7,9 +7,11 @@ default.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,10 +22,14 @@ from msgspec import Meta, Struct
 from app.domain.experiments import Experiment
 
 __all__ = [
+    "AuditSettings",
     "AuthSettings",
     "DatabaseSettings",
+    "EncryptionSettings",
+    "GraphQLSettings",
     "KafkaSettings",
     "LoggingSettings",
+    "ModerationSettings",
     "NotificationSettings",
     "PluginSettings",
     "QueueSettings",
@@ -129,6 +135,10 @@ class SigningSettings(_Section):
         default_factory=lambda: {"dev-1": "dev-only-signing-key-change-me-0123456789abcdef"}
     )
     """Key id -> secret (at least 32 characters). Keep retired keys here until their payloads expire."""
+    retired_keys: dict[str, Annotated[datetime, Meta(tz=True)]] = msgspec.field(default_factory=dict)
+    """Key id -> when it stopped verifying (UTC, e.g. ``2026-12-01T00:00:00Z``). Payloads signed with a key
+    are refused from that moment, even unexpired ones: to rotate, make another key active and retire the old
+    one ``ttl_seconds`` later; to revoke a leaked key, retire it now. The active key cannot be retired."""
 
 
 class QuizSettings(_Section):
@@ -329,6 +339,96 @@ class NotificationSettings(_Section):
     Each registers only when its ``[plugins.config.<name>]`` table is filled in."""
 
 
+DEV_ENCRYPTION_KEY = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZWstY2hhbmdlISE="  # base64("dev-only-encryption-kek-change!!")
+
+
+class EncryptionSettings(_Section):
+    """``[encryption]``: per-field envelope encryption of PII (issue 5).
+
+    Each user's PII is sealed (AES-256-GCM) with that user's own data key; data keys are stored wrapped
+    by a key-encryption key (KEK) named here. ``litestar ck keys rotate`` re-wraps every data key under
+    ``active_key_id``; only after it finishes may the old KEK be removed from ``keys``/``key_file``."""
+
+    active_key_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = "dev-kek-1"
+    """KEK that wraps new and rotated data keys; must be in ``keys`` or ``key_file``."""
+    keys: dict[str, str] = msgspec.field(default_factory=lambda: {"dev-kek-1": DEV_ENCRYPTION_KEY})
+    """KEK id -> base64 of 32 random bytes (``openssl rand -base64 32``). Keep a retired KEK until
+    ``ck keys status`` shows no data key under it. By environment: ``CK_ENCRYPTION__KEYS='{"k2": "..."}'``.
+    The development default is refused in production."""
+    key_file: str | None = None
+    """A JSON (``{"id": "base64", ...}``) or TOML (``id = "base64"``) file of further KEKs, merged over
+    ``keys`` (e.g. a mounted secret). Read at start-up."""
+    data_key_cache_seconds: Annotated[float, Meta(ge=0, le=3600)] = 60.0
+    """How long an unwrapped data key is reused in this process. Erasure evicts it here at once; other
+    instances may still decrypt that user's values for up to this long (``0`` disables the cache)."""
+    data_key_cache_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    """Most unwrapped data keys kept in memory (least recently used go first)."""
+
+
+class AuditSettings(_Section):
+    """``[audit]``: the hash-chained audit log and its sealed-segment export (issue 5)."""
+
+    digest_key: str = "dev-only-audit-digest-key-change-me-0123456789"
+    """HMAC-SHA256 key of the change digests (at least 32 characters; the default is refused in
+    production). Without it nobody can test guesses of the audited values against the digests. Keep it
+    for as long as digests may need checking."""
+    retention_days: Annotated[int, Meta(ge=1)] = 400
+    """Object Lock (COMPLIANCE) retention of exported segments; below 365 is refused at start-up."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (e.g. MinIO, a test server); unset: AWS S3 for ``s3_region``."""
+    s3_bucket: str = ""
+    """Bucket created with Object Lock enabled; export refuses any other. Empty: export off."""
+    s3_region: str = "us-east-1"
+    """Region of the bucket. Credentials come from the standard AWS chain (env, profile, role), never here."""
+    s3_prefix: str = "audit/"
+    """Key prefix of segment objects (``<prefix>segments/<first>-<last>.jsonl`` and ``.manifest.json``)."""
+    segment_entries: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    """Entries per sealed segment; a segment is sealed only once full (or by ``ck audit export --partial``)."""
+    export_interval_seconds: Annotated[int, Meta(ge=0)] = 0
+    """``0``: export only by ``litestar ck audit export``; above 0: the app exports full segments this often."""
+    verify_batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    """Entries read per query when verifying or exporting the chain."""
+
+
+class ModerationSettings(_Section):
+    """``[moderation]``: who counts as a moderator and what the moderation API allows (issue 5)."""
+
+    roles_claim: Annotated[str, Meta(min_length=1, max_length=200)] = "app_metadata.roles"
+    """Dotted path of the JWT claim holding the caller's roles (a list of strings). Supabase keeps it in
+    ``app_metadata``, which only the server can write; never point it at ``user_metadata``, which users
+    edit themselves."""
+    moderator_role: Annotated[str, Meta(min_length=1, max_length=100)] = "moderator"
+    """Role (in ``roles_claim``) that grants the moderation API. A service-role token is no moderator
+    unless it carries this role too."""
+    page_size: Annotated[int, Meta(ge=1, le=500)] = 50
+    """Attempts per page of ``GET /moderation/attempts`` when ``limit`` is not given."""
+    max_page_size: Annotated[int, Meta(ge=1, le=500)] = 200
+    """Largest ``limit`` a caller may ask for."""
+    max_reason_chars: Annotated[int, Meta(ge=10, le=10_000)] = 2000
+    """Longest reason an override may carry (it is stored, never logged)."""
+
+
+class GraphQLSettings(_Section):
+    """``[graphql]``: abuse limits of the GraphQL endpoint (issue 5).
+
+    Every limit is checked while the document is parsed or validated, before any resolver runs, over
+    HTTP and WebSocket alike; a refusal is a ``BAD_USER_INPUT`` error naming the ``limit``."""
+
+    max_depth: Annotated[int, Meta(ge=1, le=100)] = 8
+    """Deepest field nesting of an operation (introspection fields not counted)."""
+    max_aliases: Annotated[int, Meta(ge=0, le=1000)] = 10
+    """Aliased fields in one document: aliases are how one request repeats an expensive mutation."""
+    max_tokens: Annotated[int, Meta(ge=10, le=100_000)] = 2000
+    """Lexical tokens in one document; parsing stops beyond this, so a huge query costs little."""
+    max_complexity: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    """Estimated cost of an operation: each field costs 1 plus its selections, multiplied by
+    ``list_cost_factor`` when it returns a list."""
+    list_cost_factor: Annotated[int, Meta(ge=1, le=1000)] = 10
+    """How many items a list field is assumed to return when estimating cost."""
+    introspection: bool | None = None
+    """Answer ``__schema``/``__type`` queries. ``None``: on outside production, off in production."""
+
+
 class LoggingSettings(_Section):
     """structlog output."""
 
@@ -355,6 +455,10 @@ class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    encryption: EncryptionSettings = msgspec.field(default_factory=EncryptionSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    moderation: ModerationSettings = msgspec.field(default_factory=ModerationSettings)
+    graphql: GraphQLSettings = msgspec.field(default_factory=GraphQLSettings)
 
     @property
     def is_development(self) -> bool:
@@ -417,6 +521,57 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     return data
 
 
+def _validate_encryption(settings: Settings) -> None:
+    """Checks of ``[encryption]``: every KEK (``keys`` and ``key_file``) decodes to 32 bytes, the active
+    one exists, and production holds no development key."""
+    from app.services.key_encryption_keys import KeyMaterialError, load_kek_material
+
+    try:
+        material = load_kek_material(settings.encryption)
+    except KeyMaterialError as exc:
+        raise SettingsError(f"encryption: {exc}") from None
+    if settings.encryption.active_key_id not in material:
+        raise SettingsError(
+            f"encryption.active_key_id `{settings.encryption.active_key_id}` is not in encryption.keys or key_file"
+        )
+    if settings.server.environment == "production" and DEV_ENCRYPTION_KEY.encode() in {
+        base64.b64encode(secret) for secret in material.values()
+    }:
+        raise SettingsError("encryption.keys still holds the development default in production")
+
+
+def _validate_audit(settings: Settings) -> None:
+    """Checks of ``[audit]`` (owned by the audit-log work)."""
+    audit = settings.audit
+    if audit.retention_days < 365:
+        raise SettingsError("audit.retention_days must be at least 365 (audit segments are kept a year)")
+    if len(audit.digest_key) < 32:
+        raise SettingsError("audit.digest_key must be at least 32 characters")
+    if settings.server.environment == "production" and audit.digest_key == AuditSettings().digest_key:
+        raise SettingsError("audit.digest_key still has the development default in production")
+    if audit.export_interval_seconds and not audit.s3_bucket:
+        raise SettingsError("audit.export_interval_seconds is set but audit.s3_bucket is empty")
+
+
+def _validate_moderation(settings: Settings) -> None:
+    """Checks of ``[moderation]``."""
+    moderation = settings.moderation
+    if any(not part.strip() for part in moderation.roles_claim.split(".")):
+        raise SettingsError("moderation.roles_claim must be a dotted claim path without empty parts")
+    if moderation.page_size > moderation.max_page_size:
+        raise SettingsError("moderation.page_size is larger than moderation.max_page_size")
+
+
+def _validate_signing_retirement(settings: Settings) -> None:
+    """Retired signing keys must be known keys, and never the one that signs new payloads."""
+    signing = settings.signing
+    for kid in signing.retired_keys:
+        if kid not in signing.keys:
+            raise SettingsError(f"signing.retired_keys.{kid} is not in signing.keys")
+        if kid == signing.active_key_id:
+            raise SettingsError(f"signing.retired_keys.{kid} is the active key")
+
+
 def _validate(settings: Settings) -> None:
     signing = settings.signing
     if signing.active_key_id not in signing.keys:
@@ -443,6 +598,11 @@ def _validate(settings: Settings) -> None:
     names = [e.name for e in settings.scoring.experiments]
     if len(set(names)) != len(names):
         raise SettingsError("scoring.experiments: experiment names must be unique")
+    # The sections added for issue 5 check themselves, after the core checks above.
+    _validate_signing_retirement(settings)
+    _validate_encryption(settings)
+    _validate_audit(settings)
+    _validate_moderation(settings)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Settings:

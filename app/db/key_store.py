@@ -1,21 +1,56 @@
-"""Connection keys, their questions and attempts."""
+"""Connection keys, their questions and attempts.
+
+Questions quote the target's profile, so their texts are sealed with the target's data key; an
+attempt's responses are the requester's, sealed with theirs; the attempt's feedback names the target
+(target's key); in the breakdowns only each line's free-text ``feedback`` is sealed (requester's key),
+so scores, scorers and flags stay queryable. ``connection_keys.signed_payload`` holds only ids and
+times (see :mod:`app.domain.signing`), no PII, so it stays as it is.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from app.db.bulk_insert import insert_rows
+from app.db.moderation_store import excused_attempt_ids
 from app.db.tables import ConnectionKey, ConnectionKeyAttempt, ConnectionKeyQuestion
+from app.domain.contract import AnswerInput
+from app.domain.field_crypto import FieldRef, Keyring
 from app.domain.quiz import GeneratedQuestion, IssuedQuiz, QuestionKind
 
-__all__ = ["AttemptRow", "KeyStatus", "KeyStore"]
+if TYPE_CHECKING:
+    from app.services.encryption import FieldEncryption
+
+__all__ = [
+    "ATTEMPT_TABLE",
+    "QUESTION_SEALED_COLUMNS",
+    "QUESTION_TABLE",
+    "AttemptRecord",
+    "AttemptRow",
+    "KeyStatus",
+    "KeyStore",
+    "open_attempt",
+    "seal_attempt",
+    "seal_breakdown",
+    "sealed_question_values",
+]
 
 _choices = msgspec.json.Decoder(list[str] | None)
+_answers = msgspec.json.Decoder(list[AnswerInput])
+_lines = msgspec.json.Decoder(list[dict[str, Any]])
+_strings = msgspec.json.Decoder(list[str])
+_json = msgspec.json.Encoder()
+
+QUESTION_TABLE = "connection_key_questions"
+QUESTION_SEALED_COLUMNS = ("prompt", "choices", "answer_key", "topic", "reference_texts")
+"""Columns of ``connection_key_questions`` sealed with the target's data key (record id: question id)."""
+ATTEMPT_TABLE = "connection_key_attempts"
+_BREAKDOWNS = ("breakdown", "shadow_breakdown")
 
 
 class KeyStatus:
@@ -24,6 +59,8 @@ class KeyStatus:
     ISSUED = "ISSUED"
     SUBMITTED = "SUBMITTED"
     SUPERSEDED = "SUPERSEDED"
+    REVOKED = "REVOKED"
+    """A participant was erased before it was submitted."""
 
 
 class AttemptRow(msgspec.Struct, frozen=True):
@@ -46,26 +83,165 @@ class AttemptRow(msgspec.Struct, frozen=True):
     retry_available_at: datetime | None
     started_at: datetime
     submitted_at: datetime
+    submitted_by: uuid.UUID | None = None
+    """The moderator who submitted for the requester, if one did."""
 
 
-def _question(row: dict[str, Any]) -> GeneratedQuestion:
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An attempt as read back, decrypted.
+
+    Erased people's fields are ``None`` (``responses`` when the requester was erased, ``feedback`` when
+    the target was), each breakdown line's ``feedback`` likewise, and ``erased`` names every field that
+    became unreadable. Everything else (ids, scores, scorers, flags, times) stays readable.
+    """
+
+    id: uuid.UUID
+    connection_key_id: uuid.UUID
+    conversation_id: uuid.UUID
+    requester_id: uuid.UUID
+    target_id: uuid.UUID
+    responses: list[AnswerInput] | None
+    total_elapsed_ms: int | None
+    score: float
+    passed: bool
+    breakdown: list[dict[str, Any]]
+    shadow_breakdown: list[dict[str, Any]]
+    feedback: list[str] | None
+    unlock_state: str
+    retry_available_at: datetime | None
+    started_at: datetime
+    submitted_at: datetime
+    erased: list[str] = msgspec.field(default_factory=list)
+
+
+def _question(row: dict[str, Any], owner: uuid.UUID, keyring: Keyring) -> GeneratedQuestion:
+    plain = keyring.open_columns(owner, QUESTION_TABLE, row["id"], {c: row[c] for c in QUESTION_SEALED_COLUMNS})
     return GeneratedQuestion(
         id=row["id"],
         position=row["position"],
         kind=QuestionKind(row["kind"]),
-        prompt=row["prompt"],
-        choices=_choices.decode(row["choices"]) if row["choices"] is not None else None,
-        answer_key=row["answer_key"],
+        prompt=plain["prompt"] or "",
+        choices=_choices.decode(plain["choices"]) if plain["choices"] is not None else None,
+        answer_key=plain["answer_key"],
         template_key=row["template_key"],
         variant=row["variant"],
         difficulty=row["difficulty"],
-        topic=row["topic"],
-        references=_choices.decode(row["reference_texts"]) if row["reference_texts"] is not None else None,
+        topic=plain["topic"],
+        references=_choices.decode(plain["reference_texts"]) if plain["reference_texts"] is not None else None,
+    )
+
+
+def sealed_question_values(question: GeneratedQuestion, owner: uuid.UUID, keyring: Keyring) -> dict[str, str | None]:
+    """The sealed columns of a question row (owner: the quiz's target)."""
+    return keyring.seal_columns(
+        owner,
+        QUESTION_TABLE,
+        question.id,
+        {
+            "prompt": question.prompt,
+            "choices": _json.encode(question.choices).decode() if question.choices is not None else None,
+            "answer_key": question.answer_key,
+            "topic": question.topic,
+            "reference_texts": _json.encode(question.references).decode() if question.references is not None else None,
+        },
+    )
+
+
+def seal_breakdown(
+    keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str, opener: Keyring | None = None
+) -> str:
+    """Seal the free-text ``feedback`` of each line of an encoded breakdown. Values already sealed (with
+    keys ``opener`` holds, default ``keyring``) or legacy plaintext are opened first: this re-seals too."""
+    ref = FieldRef(ATTEMPT_TABLE, f"{column}.feedback", attempt_id)
+    decoded = _lines.decode(lines)
+    for line in decoded:
+        if line.get("feedback") is not None:
+            line["feedback"] = keyring.seal(owner, ref, (opener or keyring).open(owner, ref, line["feedback"]))
+    return _json.encode(decoded).decode()
+
+
+def _open_breakdown(
+    keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str
+) -> tuple[list[dict[str, Any]], bool]:
+    ref = FieldRef(ATTEMPT_TABLE, f"{column}.feedback", attempt_id)
+    decoded, erased = _lines.decode(lines), False
+    for line in decoded:
+        if line.get("feedback") is not None:
+            if keyring.is_destroyed(owner):
+                line["feedback"], erased = None, True
+            else:
+                line["feedback"] = keyring.open(owner, ref, line["feedback"])
+    return decoded, erased
+
+
+def _reseal(keyring: Keyring, owner: uuid.UUID, ref: FieldRef, stored: str) -> str:
+    return keyring.seal(owner, ref, keyring.open(owner, ref, stored))
+
+
+def seal_attempt(keyring: Keyring, row: AttemptRow) -> AttemptRow:
+    """Seal an attempt row's PII: responses and breakdown feedback (requester's key), feedback
+    (target's key). Values already sealed with an older key, or legacy plaintext, are re-sealed."""
+    requester, target = row.requester_id, row.target_id
+    return msgspec.structs.replace(
+        row,
+        responses=_reseal(keyring, requester, FieldRef(ATTEMPT_TABLE, "responses", row.id), row.responses),
+        feedback=_reseal(keyring, target, FieldRef(ATTEMPT_TABLE, "feedback", row.id), row.feedback),
+        breakdown=seal_breakdown(keyring, requester, row.id, "breakdown", row.breakdown),
+        shadow_breakdown=seal_breakdown(keyring, requester, row.id, "shadow_breakdown", row.shadow_breakdown),
+    )
+
+
+def open_attempt(row: dict[str, Any], keyring: Keyring) -> AttemptRecord:
+    """Decrypt a ``connection_key_attempts`` row (``keyring`` holds its requester's and target's keys);
+    an erased person's fields become ``None`` and are listed in ``erased``."""
+    attempt_id = uuid.UUID(str(row["id"]))
+    requester, target = uuid.UUID(str(row["requester_id"])), uuid.UUID(str(row["target_id"]))
+    erased: list[str] = []
+    responses: list[AnswerInput] | None = None
+    if keyring.is_destroyed(requester):
+        erased.append("responses")
+    else:
+        ref = FieldRef(ATTEMPT_TABLE, "responses", attempt_id)
+        responses = _answers.decode(keyring.open(requester, ref, row["responses"]))
+    feedback: list[str] | None = None
+    if keyring.is_destroyed(target):
+        erased.append("feedback")
+    else:
+        ref = FieldRef(ATTEMPT_TABLE, "feedback", attempt_id)
+        feedback = _strings.decode(keyring.open(target, ref, row["feedback"]))
+    breakdowns = {}
+    for column in _BREAKDOWNS:
+        raw = row[column]
+        text = raw if isinstance(raw, str) else _json.encode(raw).decode()
+        breakdowns[column], lost = _open_breakdown(keyring, requester, attempt_id, column, text)
+        if lost:
+            erased.append(f"{column}.feedback")
+    return AttemptRecord(
+        id=attempt_id,
+        connection_key_id=row["connection_key_id"],
+        conversation_id=row["conversation_id"],
+        requester_id=requester,
+        target_id=target,
+        responses=responses,
+        total_elapsed_ms=row["total_elapsed_ms"],
+        score=row["score"],
+        passed=row["passed"],
+        breakdown=breakdowns["breakdown"],
+        shadow_breakdown=breakdowns["shadow_breakdown"],
+        feedback=feedback,
+        unlock_state=row["unlock_state"],
+        retry_available_at=row["retry_available_at"],
+        started_at=row["started_at"],
+        submitted_at=row["submitted_at"],
+        erased=erased,
     )
 
 
 class KeyStore:
     """Reads and writes keys, questions and attempts. Writers expect to run inside a transaction."""
+
+    def __init__(self, encryption: FieldEncryption) -> None:
+        self.encryption = encryption
 
     async def supersede_open_keys(self, requester_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """A new quiz replaces any unsubmitted one, so a requester cannot collect quizzes and answer the easiest."""
@@ -79,7 +255,9 @@ class KeyStore:
             .run()
         )
 
-    async def insert_quiz(self, quiz: IssuedQuiz, signing_key_id: str) -> None:
+    async def insert_quiz(self, quiz: IssuedQuiz, signing_key_id: str, keyring: Keyring) -> None:
+        """Insert the key and its questions, sealed with the target's key from ``keyring``."""
+        sealed = {q.id: sealed_question_values(q, quiz.target_id, keyring) for q in quiz.questions}
         await ConnectionKey.insert(
             ConnectionKey(
                 id=quiz.key_id,
@@ -101,11 +279,11 @@ class KeyStore:
                     connection_key_id=quiz.key_id,
                     position=q.position,
                     kind=q.kind.value,
-                    prompt=q.prompt,
-                    choices=msgspec.json.encode(q.choices).decode() if q.choices is not None else None,
-                    answer_key=q.answer_key,
-                    topic=q.topic,
-                    reference_texts=msgspec.json.encode(q.references).decode() if q.references is not None else None,
+                    prompt=sealed[q.id]["prompt"],
+                    choices=sealed[q.id]["choices"],
+                    answer_key=sealed[q.id]["answer_key"],
+                    topic=sealed[q.id]["topic"],
+                    reference_texts=sealed[q.id]["reference_texts"],
                     template_key=q.template_key,
                     variant=q.variant,
                     difficulty=q.difficulty,
@@ -115,7 +293,8 @@ class KeyStore:
         ).run()
 
     async def get_quiz(self, key_id: uuid.UUID, target_name: str | None = None) -> tuple[IssuedQuiz, str] | None:
-        """The quiz and its status, or ``None``."""
+        """The quiz (decrypted) and its status, or ``None``. Raises
+        :class:`app.domain.field_crypto.KeyDestroyedError` when the target was erased."""
         row = await ConnectionKey.select().where(ConnectionKey.id == key_id).first().run()
         if row is None:
             return None
@@ -125,6 +304,7 @@ class KeyStore:
             .order_by(ConnectionKeyQuestion.position)
             .run()
         )
+        keyring = await self.encryption.keyring([row["target_id"]])
         quiz = IssuedQuiz(
             key_id=row["id"],
             conversation_id=row["conversation_id"],
@@ -132,7 +312,7 @@ class KeyStore:
             target_id=row["target_id"],
             target_name=target_name or "",
             difficulty=row["difficulty"],
-            questions=[_question(q) for q in questions],
+            questions=[_question(q, row["target_id"], keyring) for q in questions],
             signed_payload=row["signed_payload"],
             issued_at=row["issued_at"],
             expires_at=row["expires_at"],
@@ -180,6 +360,7 @@ class KeyStore:
                 ConnectionKeyAttempt.requester_id.is_in(list({requester for requester, _ in pairs}))
                 & (ConnectionKeyAttempt.passed == False)  # noqa: E712 - Piccolo operator
                 & (ConnectionKeyAttempt.submitted_at > since)
+                & ConnectionKeyAttempt.id.not_in(excused_attempt_ids())  # a moderator's ALLOW_RETRY
             )
             .run()
         )
@@ -214,13 +395,33 @@ class KeyStore:
                 & (ConnectionKeyAttempt.conversation_id == conversation_id)
                 & (ConnectionKeyAttempt.passed == False)  # noqa: E712 - Piccolo operator
                 & (ConnectionKeyAttempt.submitted_at > since)
+                & ConnectionKeyAttempt.id.not_in(excused_attempt_ids())  # a moderator's ALLOW_RETRY
             )
             .run()
         )
         return [row["submitted_at"] for row in rows]
 
+    async def get_attempt(self, attempt_id: uuid.UUID) -> AttemptRecord | None:
+        """One attempt, decrypted (erased people's fields ``None``, see :class:`AttemptRecord`)."""
+        row = await ConnectionKeyAttempt.select().where(ConnectionKeyAttempt.id == attempt_id).first().run()
+        if row is None:
+            return None
+        keyring = await self.encryption.keyring([row["requester_id"], row["target_id"]])
+        return open_attempt(row, keyring)
+
+    async def revoke_open_keys(self, user_id: uuid.UUID) -> list[uuid.UUID]:
+        """Mark every unsubmitted key the user asked for or is the target of REVOKED (erasure); their ids."""
+        t = ConnectionKey
+        rows = (
+            await t.update({t.status: KeyStatus.REVOKED})
+            .where(((t.requester_id == user_id) | (t.target_id == user_id)) & (t.status == KeyStatus.ISSUED))
+            .returning(t.id)
+            .run()
+        )
+        return [row["id"] for row in rows]
+
     async def insert_attempts(self, attempts: Sequence[AttemptRow]) -> None:
-        """Insert attempt rows in one statement."""
+        """Insert attempt rows in one statement (sealed already: see :func:`seal_attempt`)."""
         t = ConnectionKeyAttempt
         columns = [t._meta.get_column_by_name(name) for name in AttemptRow.__struct_fields__]
         await insert_rows(t, columns, [msgspec.structs.astuple(a) for a in attempts])

@@ -1,18 +1,26 @@
-"""Profiles and conversations: rows <-> domain Structs."""
+"""Profiles and conversations: rows <-> domain Structs. Profile PII is sealed with the owner's data key."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from app.db.tables import Conversation, Profile
+from app.domain.field_crypto import Keyring
 from app.domain.quiz import ConsentPreference, ProfileInput, PromptPair, TargetProfile, UnlockState
 
-__all__ = ["ConversationRecord", "ProfileRecord", "ProfileStore", "pair_of"]
+if TYPE_CHECKING:
+    from app.services.encryption import FieldEncryption
+
+__all__ = ["PROFILE_SEALED_COLUMNS", "ConversationRecord", "ProfileRecord", "ProfileStore", "pair_of"]
+
+PROFILE_TABLE = "profiles"
+PROFILE_SEALED_COLUMNS = ("display_name", "bio", "prompts", "consent_preferences", "demographic_segments")
+"""Columns of ``profiles`` stored as ciphertext under the owner's data key (record id: ``user_id``)."""
 
 _prompts = msgspec.json.Decoder(list[PromptPair])
 _consents = msgspec.json.Decoder(list[ConsentPreference])
@@ -50,15 +58,17 @@ def pair_of(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
     return (a, b) if str(a) < str(b) else (b, a)
 
 
-def _profile(row: dict[str, Any]) -> ProfileRecord:
+def _profile(row: dict[str, Any], keyring: Keyring) -> ProfileRecord:
+    user_id = row["user_id"]
+    plain = keyring.open_columns(user_id, PROFILE_TABLE, user_id, {c: row[c] for c in PROFILE_SEALED_COLUMNS})
     return ProfileRecord(
-        user_id=row["user_id"],
-        display_name=row["display_name"],
-        bio=row["bio"],
-        prompts=_prompts.decode(row["prompts"]),
-        consent_preferences=_consents.decode(row["consent_preferences"]),
+        user_id=user_id,
+        display_name=plain["display_name"] or "",
+        bio=plain["bio"],
+        prompts=_prompts.decode(plain["prompts"] or "[]"),
+        consent_preferences=_consents.decode(plain["consent_preferences"] or "[]"),
         locale=row["locale"],
-        demographic_segments=_segments.decode(row["demographic_segments"]),
+        demographic_segments=_segments.decode(plain["demographic_segments"] or "{}"),
         updated_at=row["updated_at"],
     )
 
@@ -75,21 +85,46 @@ def conversation_record(row: dict[str, Any]) -> ConversationRecord:
 
 
 class ProfileStore:
-    """Reads and writes profiles and conversations."""
+    """Reads and writes profiles (sealed with the owner's data key) and conversations."""
+
+    def __init__(self, encryption: FieldEncryption) -> None:
+        self.encryption = encryption
 
     async def get_profile(self, user_id: uuid.UUID) -> ProfileRecord | None:
+        """The profile, decrypted; ``None`` when there is none (an erased user's row is deleted)."""
         row = await Profile.select().where(Profile.user_id == user_id).first().run()
-        return _profile(row) if row else None
+        if not row:
+            return None
+        return _profile(row, await self.encryption.keyring([user_id]))
+
+    async def delete_profile(self, user_id: uuid.UUID) -> bool:
+        """Remove the profile row (erasure); ``True`` when one existed."""
+        return bool(await Profile.delete().where(Profile.user_id == user_id).returning(Profile.user_id).run())
 
     async def upsert_profile(self, user_id: uuid.UUID, data: ProfileInput, now: datetime) -> ProfileRecord:
-        """Insert or replace the profile of ``user_id`` (one statement, so never half-written)."""
+        """Insert or replace the profile of ``user_id`` (one statement, so never half-written).
+
+        Raises :class:`app.domain.field_crypto.KeyDestroyedError` for an erased user."""
+        keyring = await self.encryption.keyring([user_id], create=True)
+        sealed = keyring.seal_columns(
+            user_id,
+            PROFILE_TABLE,
+            user_id,
+            {
+                "display_name": data.display_name,
+                "bio": data.bio,
+                "prompts": msgspec.json.encode(data.prompts).decode(),
+                "consent_preferences": msgspec.json.encode(data.consent_preferences).decode(),
+                "demographic_segments": msgspec.json.encode(data.demographic_segments).decode(),
+            },
+        )
         values = {
-            Profile.display_name: data.display_name,
-            Profile.bio: data.bio,
-            Profile.prompts: msgspec.json.encode(data.prompts).decode(),
-            Profile.consent_preferences: msgspec.json.encode(data.consent_preferences).decode(),
+            Profile.display_name: sealed["display_name"],
+            Profile.bio: sealed["bio"],
+            Profile.prompts: sealed["prompts"],
+            Profile.consent_preferences: sealed["consent_preferences"],
             Profile.locale: data.locale,
-            Profile.demographic_segments: msgspec.json.encode(data.demographic_segments).decode(),
+            Profile.demographic_segments: sealed["demographic_segments"],
             Profile.updated_at: now,
         }
         row = Profile(user_id=user_id, created_at=now, **{col._meta.name: value for col, value in values.items()})

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from piccolo.columns import (
     JSON,
     UUID,
+    BigInt,
     BigSerial,
     Boolean,
     Float,
@@ -21,15 +22,19 @@ from piccolo.table import Table
 
 __all__ = [
     "ALL_TABLES",
+    "AuditLogEntry",
+    "AuditSegment",
     "ConnectionKey",
     "ConnectionKeyAttempt",
     "ConnectionKeyEvent",
     "ConnectionKeyQuestion",
     "Conversation",
     "DeviceToken",
+    "ModerationDecision",
     "ProcessedEvent",
     "Profile",
     "PromptTemplate",
+    "UserDataKey",
     "utcnow",
 ]
 
@@ -42,13 +47,15 @@ def utcnow() -> datetime:
 class Profile(Table, tablename="profiles"):
     """A person's quiz material, synced from the main app or written by its owner."""
 
+    # display_name, bio, prompts, consent_preferences and demographic_segments hold ciphertext sealed
+    # with the owner's data key (app.domain.field_crypto), hence Text: JSON fields are encoded first.
     user_id = UUID(primary_key=True)
-    display_name = Varchar(length=80)
+    display_name = Text()
     bio = Text(null=True, default=None)
-    prompts = JSON(default="[]")
-    consent_preferences = JSON(default="[]")
+    prompts = Text(default="[]")
+    consent_preferences = Text(default="[]")
     locale = Varchar(length=35, null=True, default=None)
-    demographic_segments = JSON(default="{}")
+    demographic_segments = Text(default="{}")
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 
@@ -98,42 +105,49 @@ class ConnectionKey(Table, tablename="connection_keys"):
 
 
 class ConnectionKeyQuestion(Table, tablename="connection_key_questions"):
-    """A question of a key. ``answer_key`` is server-side only."""
+    """A question of a key. ``answer_key`` is server-side only. prompt, choices, answer_key, topic and
+    reference_texts are ciphertext sealed with the target's data key (they quote the target's profile)."""
 
     id = UUID(primary_key=True)
     connection_key_id = UUID(index=True)
     position = Integer()
     kind = Varchar(length=20)
     prompt = Text()
-    choices = JSON(null=True, default=None)
+    choices = Text(null=True, default=None)
     answer_key = Text(null=True, default=None)
     topic = Text(null=True, default=None)
-    reference_texts = JSON(null=True, default=None)
+    reference_texts = Text(null=True, default=None)
     template_key = Varchar(length=120)
     variant = Integer(default=0)
     difficulty = Integer(default=2)
 
 
 class ConnectionKeyAttempt(Table, tablename="connection_key_attempts"):
-    """A submitted quiz: responses, timings, the score breakdown and what it meant for the unlock."""
+    """A submitted quiz: responses, timings, the score breakdown and what it meant for the unlock.
+
+    ``responses`` is ciphertext under the requester's data key, ``feedback`` (it names the target and
+    their topics) under the target's; in ``breakdown``/``shadow_breakdown`` only each line's free-text
+    ``feedback`` is sealed (requester's key), so scores stay queryable."""
 
     id = UUID(primary_key=True)
     connection_key_id = UUID(unique=True)
     conversation_id = UUID(index=True)
     requester_id = UUID(index=True)
     target_id = UUID()
-    responses = JSON()
+    responses = Text()
     total_elapsed_ms = Integer(null=True, default=None)
     score = Float()
     passed = Boolean()
     breakdown = JSON()
     shadow_breakdown = JSON(default="[]")
     experiments = JSON(default="{}")
-    feedback = JSON(default="[]")
+    feedback = Text(default="[]")
     unlock_state = Varchar(length=20)
     retry_available_at = Timestamptz(null=True, default=None)
     started_at = Timestamptz()
     submitted_at = Timestamptz(default=TimestamptzNow(), index=True)
+    submitted_by = UUID(null=True, default=None)
+    """The moderator who submitted for the requester (``POST /connection-keys/{id}/responses``); else null."""
 
 
 class ConnectionKeyEvent(Table, tablename="connection_key_events"):
@@ -185,6 +199,83 @@ def processed_event_id(consumer: str, event_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(event_id, consumer)
 
 
+class AuditLogEntry(Table, tablename="audit_log"):
+    """One link of the tamper-evident audit chain (``app.domain.audit_chain``). Append-only: database
+    triggers refuse UPDATE, DELETE and TRUNCATE. ``sequence`` is assigned under a lock, gapless."""
+
+    id = UUID(primary_key=True)
+    sequence = BigInt(unique=True)
+    occurred_at = Timestamptz(default=TimestamptzNow())
+    actor_kind = Varchar(length=16)
+    actor_id = UUID(null=True, default=None)
+    action = Varchar(length=80)
+    subject_type = Varchar(length=60)
+    subject_id = UUID(null=True, default=None, index=True)
+    request_id = Varchar(length=64, null=True, default=None)
+    trace_id = Varchar(length=64, null=True, default=None)
+    change_digest = Varchar(length=64, null=True, default=None)
+    previous_hash = Varchar(length=64)
+    entry_hash = Varchar(length=64)
+
+
+class AuditSegment(Table, tablename="audit_segments"):
+    """A sealed range of audit entries uploaded to Object Lock storage. Append-only like the log, so a
+    range is sealed once and the next segment chains to ``last_entry_hash``."""
+
+    id = UUID(primary_key=True)
+    first_sequence = BigInt(unique=True)
+    last_sequence = BigInt(unique=True)
+    entry_count = Integer()
+    first_previous_hash = Varchar(length=64)
+    last_entry_hash = Varchar(length=64)
+    body_sha256 = Varchar(length=64)
+    bucket = Varchar(length=255)
+    object_key = Text()
+    manifest_key = Text()
+    version_id = Text(null=True, default=None)
+    retain_until = Timestamptz()
+    sealed_at = Timestamptz(default=TimestamptzNow())
+
+
+class UserDataKey(Table, tablename="user_data_keys"):
+    """Each user's data key (DEK), wrapped by a key-encryption key (KEK): envelope encryption.
+
+    ``key_id`` is the id every value sealed with the key carries; ``previous_*`` keep the key one data
+    rotation back, so a value a concurrent request sealed just before the rotation still opens (the next
+    ``ck keys rotate-data`` re-seals it). Erasure nulls every wrapped key and sets ``destroyed_at``: the
+    row stays as a tombstone, so no new key is ever made for an erased user."""
+
+    user_id = UUID(primary_key=True)
+    key_id = Varchar(length=64, null=True, default=None)
+    kek_id = Varchar(length=64, null=True, default=None, index=True)
+    wrapped_key = Text(null=True, default=None)
+    previous_key_id = Varchar(length=64, null=True, default=None)
+    previous_kek_id = Varchar(length=64, null=True, default=None)
+    previous_wrapped_key = Text(null=True, default=None)
+    version = Integer(default=1)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    rotated_at = Timestamptz(null=True, default=None)
+    destroyed_at = Timestamptz(null=True, default=None)
+
+
+class ModerationDecision(Table, tablename="moderation_decisions"):
+    """A moderator's override of an attempt's outcome (``app.domain.moderation_rules``). ``reason`` is
+    free text from the moderator: stored here and nowhere else (never logged, only digested in the audit
+    log). ``idempotency_id`` is uuid5 of the moderator and the request's ``Idempotency-Key``."""
+
+    id = UUID(primary_key=True)
+    attempt_id = UUID(index=True)
+    conversation_id = UUID(index=True)
+    moderator_id = UUID(index=True)
+    decision = Varchar(length=20)
+    reason = Text()
+    previous_state = Varchar(length=20)
+    new_state = Varchar(length=20)
+    retry_available_at = Timestamptz(null=True, default=None)
+    idempotency_id = UUID(null=True, default=None, unique=True)
+    decided_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     Profile,
     Conversation,
@@ -195,4 +286,8 @@ ALL_TABLES: tuple[type[Table], ...] = (
     ConnectionKeyEvent,
     ProcessedEvent,
     DeviceToken,
+    ModerationDecision,
+    AuditLogEntry,
+    AuditSegment,
+    UserDataKey,
 )

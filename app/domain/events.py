@@ -30,6 +30,8 @@ class EventType(str, enum.Enum):
     CONVERSATION_UNLOCKED = "CONVERSATION_UNLOCKED"
     RETRY_AVAILABLE = "RETRY_AVAILABLE"
     COOLDOWN_STARTED = "COOLDOWN_STARTED"
+    CONVERSATION_LOCKED = "CONVERSATION_LOCKED"
+    """A moderator revoked an unlock (``POST /moderation/attempts/{id}/override`` with ``LOCK``)."""
 
 
 class KeyCreated(Struct, frozen=True, rename="camel"):
@@ -54,7 +56,7 @@ class QuizCompleted(Struct, frozen=True, rename="camel"):
 
 
 class ConversationStatusChanged(Struct, frozen=True, rename="camel"):
-    """Payload of CONVERSATION_UNLOCKED, RETRY_AVAILABLE and COOLDOWN_STARTED."""
+    """Payload of CONVERSATION_UNLOCKED, RETRY_AVAILABLE, COOLDOWN_STARTED and CONVERSATION_LOCKED."""
 
     conversation_id: uuid.UUID
     participant_ids: list[uuid.UUID]
@@ -73,6 +75,7 @@ _PAYLOADS: dict[EventType, type[Struct]] = {
     EventType.CONVERSATION_UNLOCKED: ConversationStatusChanged,
     EventType.RETRY_AVAILABLE: ConversationStatusChanged,
     EventType.COOLDOWN_STARTED: ConversationStatusChanged,
+    EventType.CONVERSATION_LOCKED: ConversationStatusChanged,
 }
 
 

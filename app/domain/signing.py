@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
-__all__ = ["PayloadClaims", "PayloadError", "PayloadExpired", "PayloadInvalid", "PayloadSigner"]
+__all__ = ["PayloadClaims", "PayloadError", "PayloadExpired", "PayloadInvalid", "PayloadKeyRetired", "PayloadSigner"]
 
 _VERSION = "v1"
 _MAX_PAYLOAD_CHARS = 8192
@@ -30,6 +30,10 @@ class PayloadError(ValueError):
 
 class PayloadInvalid(PayloadError):
     """Malformed, tampered, or signed with an unknown key."""
+
+
+class PayloadKeyRetired(PayloadInvalid):
+    """Authentic, but signed with a key retired since: a leaked or rotated-out key proves nothing."""
 
 
 class PayloadExpired(PayloadError):
@@ -69,11 +73,25 @@ def _b64decode(text: str) -> bytes:
 
 
 class PayloadSigner:
-    """Signs with the active key; verifies with any configured key (so keys rotate without downtime)."""
+    """Signs with the active key; verifies with any configured key not yet retired (so keys rotate without
+    downtime, and a leaked key can be revoked at once)."""
 
-    def __init__(self, keys: Mapping[str, str], active_key_id: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        active_key_id: str,
+        ttl_seconds: int,
+        retired: Mapping[str, datetime] | None = None,
+    ) -> None:
+        """``retired`` maps key ids to the (aware) moment from which they no longer verify anything."""
         if active_key_id not in keys:
             raise ValueError("active key id is not among the keys")
+        retired = dict(retired or {})
+        if active_key_id in retired:
+            raise ValueError("the active key cannot be retired")
+        if any(when.tzinfo is None for when in retired.values()):
+            raise ValueError("retirement times must be timezone-aware")
+        self._retired = retired
         self._keys = {kid: secret.encode() for kid, secret in keys.items()}
         self.active_key_id = active_key_id
         self.ttl_seconds = ttl_seconds
@@ -114,12 +132,15 @@ class PayloadSigner:
     def verify(self, payload: str, now: datetime) -> PayloadClaims:
         """Return the claims of an authentic, unexpired payload.
 
-        Raises :class:`PayloadInvalid` for anything malformed, tampered or signed with an unknown key,
-        and :class:`PayloadExpired` for an authentic payload past its expiry. The signature is checked
-        (in constant time) before the claims are parsed, so unauthenticated bytes never reach the decoder.
+        Raises :class:`PayloadInvalid` for anything malformed, tampered or signed with an unknown key
+        (:class:`PayloadKeyRetired` for a key retired by ``now``), and :class:`PayloadExpired` for an
+        authentic payload past its expiry. The signature is checked (in constant time) before the claims
+        are parsed, so unauthenticated bytes never reach the decoder.
         """
         if not isinstance(payload, str) or len(payload) > _MAX_PAYLOAD_CHARS:
             raise PayloadInvalid("payload has the wrong size")
+        if not payload.isascii():  # every valid payload is; the MAC input is encoded as ASCII below
+            raise PayloadInvalid("payload has the wrong format")
         parts = payload.split(".")
         if len(parts) != 4 or parts[0] != _VERSION:
             raise PayloadInvalid("payload has the wrong format")
@@ -131,6 +152,9 @@ class PayloadSigner:
         expected = _b64encode(self._mac(kid, f"{_VERSION}.{kid}.{body}"))
         if not hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace")):
             raise PayloadInvalid("payload signature does not match")
+        retired_at = self._retired.get(kid)
+        if retired_at is not None and now >= retired_at:
+            raise PayloadKeyRetired("payload was signed with a retired key")
         try:
             claims = self._decoder.decode(_b64decode(body))
         except msgspec.DecodeError as exc:

@@ -20,14 +20,16 @@ from typing import Self
 import msgspec
 
 from app.db.engine import Database
-from app.db.key_store import AttemptRow, KeyStatus, KeyStore
+from app.db.key_store import AttemptRow, KeyStatus, KeyStore, seal_attempt
 from app.db.outbox_store import OutboxStore, new_envelope
+from app.domain.audit_chain import AuditActor
 from app.domain.contract import AnswerInput
 from app.domain.events import EventType, QuizCompleted
 from app.domain.quiz import IssuedQuiz
 from app.domain.scoring import QuestionOutcome, Verdict
 from app.domain.unlock_rules import WINDOW, RetryPolicy, UnlockDecision, decide_after_attempt
 from app.errors import ErrorCode, ServiceError
+from app.services.audit import AuditLog
 
 __all__ = ["AttemptWriter", "PendingAttempt"]
 
@@ -43,6 +45,11 @@ class PendingAttempt(msgspec.Struct, frozen=True):
     answers: list[AnswerInput]
     shadow: list[QuestionOutcome] = msgspec.field(default_factory=list)
     variants: dict[str, str] = msgspec.field(default_factory=dict)
+    submitted_by: uuid.UUID | None = None
+    """A moderator submitting for the requester: stored on the attempt and audited with it."""
+
+
+_PARTICIPANT_LEFT = "A participant of this quiz has left Connection Key."
 
 
 def _replayed() -> ServiceError:
@@ -52,6 +59,8 @@ def _replayed() -> ServiceError:
 def _lost(status: str | None) -> ServiceError:
     if status == KeyStatus.SUPERSEDED:
         return ServiceError(ErrorCode.CONFLICT, "A newer quiz was issued; answer that one instead.")
+    if status == KeyStatus.REVOKED:
+        return ServiceError(ErrorCode.NOT_FOUND, _PARTICIPANT_LEFT)
     return _replayed()
 
 
@@ -67,6 +76,7 @@ class AttemptWriter:
         clock: Callable[[], datetime],
         on_events_written: Callable[[], None],
         max_batch: int = 256,
+        audit: AuditLog | None = None,
     ) -> None:
         self._db = db
         self._keys = keys
@@ -75,6 +85,7 @@ class AttemptWriter:
         self._clock = clock
         self._on_events_written = on_events_written
         self._max_batch = max_batch
+        self._audit = audit
         self._waiting: list[tuple[PendingAttempt, asyncio.Future[UnlockDecision]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -115,8 +126,17 @@ class AttemptWriter:
 
     async def _commit(self, batch: list[PendingAttempt]) -> list[UnlockDecision | Exception]:
         now = self._clock()
+        # Keys are read (in one query) before the transaction; a participant erased since the submission
+        # was accepted gets a typed refusal, and the rest of the batch goes ahead.
+        keyring = await self._keys.encryption.keyring(
+            {user for p in batch for user in (p.quiz.requester_id, p.quiz.target_id)}, create=True
+        )
+        refused: dict[int, Exception] = {}
         first_for_key: dict[uuid.UUID, int] = {}
         for index, pending in enumerate(batch):
+            if keyring.is_destroyed(pending.quiz.requester_id) or keyring.is_destroyed(pending.quiz.target_id):
+                refused[index] = ServiceError(ErrorCode.NOT_FOUND, _PARTICIPANT_LEFT)
+                continue
             first_for_key.setdefault(pending.quiz.key_id, index)
         async with self._db.transaction():
             claimed = await self._keys.claim_many(list(first_for_key), now)
@@ -134,7 +154,7 @@ class AttemptWriter:
                     failures.append(now)
                 decision = decide_after_attempt(verdict.passed, failures, now, self._policy)
                 decisions[quiz.key_id] = decision
-                rows.append(self._row(pending, decision, now))
+                rows.append(seal_attempt(keyring, self._row(pending, decision, now)))
                 event = QuizCompleted(
                     attempt_id=pending.attempt_id,
                     key_id=quiz.key_id,
@@ -150,16 +170,31 @@ class AttemptWriter:
                 events.append(new_envelope(EventType.QUIZ_COMPLETED, quiz.conversation_id, event, now))
             await self._keys.insert_attempts(rows)
             await self._outbox.append(events)
+            await self._audit_moderated(winners)
         outcomes: list[UnlockDecision | Exception] = []
         for index, pending in enumerate(batch):
             key = pending.quiz.key_id
-            if first_for_key[key] != index:
+            if index in refused:
+                outcomes.append(refused[index])
+            elif first_for_key[key] != index:
                 outcomes.append(_replayed())  # the same payload twice in one batch: the first one counts
             elif key in decisions:
                 outcomes.append(decisions[key])
             else:
                 outcomes.append(_lost(statuses.get(key)))
         return outcomes
+
+    async def _audit_moderated(self, winners: list[PendingAttempt]) -> None:
+        # In the batch's transaction: a moderator's submission and its audit entry commit together.
+        for pending in winners:
+            if pending.submitted_by is not None and self._audit is not None:
+                await self._audit.record(
+                    actor=AuditActor(kind="moderator", id=pending.submitted_by),
+                    action="moderation.submitted",
+                    subject_type="attempt",
+                    subject_id=pending.attempt_id,
+                    change={"keyId": str(pending.quiz.key_id), "requesterId": str(pending.quiz.requester_id)},
+                )
 
     @staticmethod
     def _row(pending: PendingAttempt, decision: UnlockDecision, now: datetime) -> AttemptRow:
@@ -183,4 +218,5 @@ class AttemptWriter:
             retry_available_at=decision.retry_available_at,
             started_at=quiz.issued_at,
             submitted_at=now,
+            submitted_by=pending.submitted_by,
         )

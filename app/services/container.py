@@ -16,16 +16,25 @@ from app.adapters.pubsub import MemoryPubSub, PubSub, RedisPubSub
 from app.adapters.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from app.adapters.task_queue import TaskQueue
 from app.auth import JwtVerifier
+from app.db.audit_store import AuditStore
+from app.db.data_keys import DataKeyStore
 from app.db.device_store import DeviceStore
 from app.db.engine import DATABASE_OUTAGE_ERRORS, Database
 from app.db.key_store import KeyStore
+from app.db.moderation_store import ModerationStore
 from app.db.outbox_store import OutboxStore
 from app.db.profile_store import ProfileStore
 from app.db.tables import utcnow
 from app.db.template_store import TemplateStore
 from app.domain.signing import PayloadSigner
 from app.services.attempt_writer import AttemptWriter
+from app.services.audit import AuditLog
+from app.services.audit_export import AuditExporter, AuditExportLoop, archive_from_settings
 from app.services.create_key import CreateConnectionKey, KeyDependencies
+from app.services.encryption import FieldEncryption
+from app.services.erasure import UserErasure
+from app.services.key_encryption_keys import LocalKeyEncryptionKeys
+from app.services.moderation import ModerationService
 from app.services.notifications import CONSUMER_GROUP as NOTIFICATIONS_GROUP
 from app.services.notifications import NotificationService
 from app.services.outbox_relay import OutboxRelay
@@ -67,6 +76,10 @@ class Services:
     submit_key: SubmitConnectionKey
     orchestrator: UnlockOrchestrator
     notifications: NotificationService
+    audit: AuditLog
+    encryption: FieldEncryption
+    erasure: UserErasure
+    moderation: ModerationService
     clock: Callable[[], datetime]
 
 
@@ -183,9 +196,16 @@ async def open_services(
         limiter = await stack.enter_async_context(_rate_limiter(settings))
         pubsub = await stack.enter_async_context(_pubsub(settings))
         bus = await stack.enter_async_context(_event_bus(settings))
-        verifier = JwtVerifier(settings.auth)
+        verifier = JwtVerifier(settings.auth, settings.moderation)
         stack.push_async_callback(verifier.aclose)
-        profile_store, key_store, outbox = ProfileStore(), KeyStore(), OutboxStore()
+        encryption = FieldEncryption(
+            LocalKeyEncryptionKeys.from_settings(settings.encryption),
+            DataKeyStore(),
+            clock,
+            cache_seconds=settings.encryption.data_key_cache_seconds,
+            cache_size=settings.encryption.data_key_cache_size,
+        )
+        profile_store, key_store, outbox = ProfileStore(encryption), KeyStore(encryption), OutboxStore()
         relay = OutboxRelay(outbox, bus, clock)
         deps = KeyDependencies(
             settings=settings,
@@ -195,12 +215,19 @@ async def open_services(
             outbox=outbox,
             cache=cache,
             limiter=limiter,
-            signer=PayloadSigner(settings.signing.keys, settings.signing.active_key_id, settings.signing.ttl_seconds),
+            signer=PayloadSigner(
+                settings.signing.keys,
+                settings.signing.active_key_id,
+                settings.signing.ttl_seconds,
+                retired=settings.signing.retired_keys,
+            ),
             clock=clock,
             on_events_written=relay.wake,
+            encryption=encryption,
         )
+        audit = AuditLog(db, AuditStore(), settings.audit.digest_key.encode(), clock)
         writer = await stack.enter_async_context(
-            AttemptWriter(db, key_store, outbox, deps.retry_policy, clock, relay.wake)
+            AttemptWriter(db, key_store, outbox, deps.retry_policy, clock, relay.wake, audit=audit)
         )
         orchestrator = UnlockOrchestrator(db, profile_store, outbox, pubsub, clock, relay.wake)
         if background:  # CLI commands must not join the consumer groups
@@ -217,6 +244,9 @@ async def open_services(
         if background:
             await stack.enter_async_context(queue)
             await stack.enter_async_context(relay)
+        if background and settings.audit.export_interval_seconds:
+            exporter = AuditExporter(db, audit.store, archive_from_settings(settings.audit), settings.audit, clock)
+            await stack.enter_async_context(AuditExportLoop(exporter, settings.audit.export_interval_seconds))
         log.info("services started", database="sqlite" if db.is_sqlite else "postgresql", scorers=sorted(scorers))
         yield Services(
             settings=settings,
@@ -232,10 +262,16 @@ async def open_services(
             templates=templates,
             profile_store=profile_store,
             key_store=key_store,
-            profiles=ProfileService(profile_store, clock),
+            profiles=ProfileService(profile_store, clock, db, audit),
             create_key=CreateConnectionKey(deps, templates, queue),
             submit_key=SubmitConnectionKey(deps, runner, writer),
             orchestrator=orchestrator,
             notifications=notifications,
+            audit=audit,
+            encryption=encryption,
+            erasure=UserErasure(db, encryption, profile_store, key_store, DeviceStore(), cache, audit, clock),
+            moderation=ModerationService(
+                settings, db, ModerationStore(), key_store, profile_store, outbox, pubsub, audit, clock, relay.wake
+            ),
             clock=clock,
         )

@@ -20,22 +20,30 @@ from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.profile_store import ProfileRecord, ProfileStore
 from app.domain.contract import ConnectionKeyPayload, PublicQuestion
 from app.domain.events import EventType, KeyCreated
+from app.domain.field_crypto import FieldRef
 from app.domain.generation import GenerationError, QuizShape, generate_quiz
 from app.domain.quiz import IssuedQuiz, UnlockState
 from app.domain.signing import PayloadSigner
 from app.domain.unlock_rules import WINDOW, RetryPolicy, may_start_attempt
 from app.errors import ErrorCode, ServiceError
+from app.services.encryption import FieldEncryption
 from app.services.limits import enforce_limit
 from app.services.template_library import TemplateLibrary
 from app.settings import Settings
 
-__all__ = ["CreateConnectionKey", "KeyDependencies", "public_payload", "quiz_cache_key"]
+__all__ = ["CreateConnectionKey", "KeyDependencies", "public_payload", "quiz_cache_key", "quiz_cache_ref"]
 
 log = structlog.get_logger(__name__)
 
 
 def quiz_cache_key(key_id: uuid.UUID) -> str:
     return f"quiz:{key_id}"
+
+
+def quiz_cache_ref(key_id: uuid.UUID) -> FieldRef:
+    """The cached quiz holds the target's texts and answer keys: it is sealed with the target's data key
+    too, so a Redis snapshot holds no plaintext and an erased target's cached quiz no longer opens."""
+    return FieldRef("cache", "quiz", key_id)
 
 
 def public_payload(quiz: IssuedQuiz) -> ConnectionKeyPayload:
@@ -64,6 +72,7 @@ class KeyDependencies:
     signer: PayloadSigner
     clock: Callable[[], datetime]
     on_events_written: Callable[[], None]
+    encryption: FieldEncryption
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -163,11 +172,15 @@ class CreateConnectionKey:
             target_locale=target.locale,
         )
         event = KeyCreated(key_id, conversation_id, requester_id, target.user_id, quiz.expires_at)
+        keyring = await deps.encryption.keyring([target.user_id], create=True)
+        if keyring.is_destroyed(target.user_id):  # erased between the profile read and now
+            raise ServiceError(ErrorCode.NOT_FOUND, "That person has no Connection Key profile.", field="targetUserId")
         async with deps.db.transaction():
             await deps.keys.supersede_open_keys(requester_id, conversation_id)
-            await deps.keys.insert_quiz(quiz, deps.signer.active_key_id)
+            await deps.keys.insert_quiz(quiz, deps.signer.active_key_id, keyring)
             await deps.outbox.append([new_envelope(EventType.KEY_CREATED, conversation_id, event, now)])
         deps.on_events_written()
-        await deps.cache.set(quiz_cache_key(key_id), self._encoder.encode(quiz), deps.signer.ttl_seconds)
+        sealed = keyring.seal(target.user_id, quiz_cache_ref(key_id), self._encoder.encode(quiz).decode())
+        await deps.cache.set(quiz_cache_key(key_id), sealed.encode(), deps.signer.ttl_seconds)
         log.info("connection key issued", key_id=str(key_id), questions=len(questions))
         return quiz

@@ -236,6 +236,8 @@ class NotificationService:
 
     async def unregister_device(self, user_id: uuid.UUID, token: str) -> bool:
         """Remove the user's device token; ``False`` when the user holds no such token."""
+        if not _TOKEN.fullmatch(token.strip()):
+            return False  # never registered; and a NUL byte or megabytes of text must not reach the database
         removed = await self.devices.unregister(token.strip(), user_id)
         log.info("device unregistered", user_id=str(user_id), token_hash=token_hash(token.strip()), removed=removed)
         return removed

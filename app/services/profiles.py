@@ -1,19 +1,25 @@
-"""Profile use cases: read and upsert."""
+"""Profile use cases: read and upsert (audited, sealed with the owner's data key)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from app.db.engine import Database
 from app.db.profile_store import ProfileRecord, ProfileStore
+from app.domain.audit_chain import AuditActor
+from app.domain.field_crypto import KeyDestroyedError
 from app.domain.quiz import ProfileInput
 from app.errors import ErrorCode, ServiceError
 
-__all__ = ["ProfileService", "parse_profile_input"]
+if TYPE_CHECKING:
+    from app.services.audit import AuditLog
+
+__all__ = ["ProfileService", "erased_account", "parse_profile_input"]
 
 
 def parse_profile_input(data: Mapping[str, Any]) -> ProfileInput:
@@ -24,18 +30,26 @@ def parse_profile_input(data: Mapping[str, Any]) -> ProfileInput:
         raise ServiceError(ErrorCode.BAD_USER_INPUT, f"Invalid profile: {exc}") from None
 
 
+def erased_account() -> ServiceError:
+    """The typed refusal for writes by or about a user whose data key was destroyed."""
+    return ServiceError(ErrorCode.FORBIDDEN, "This account has been erased.")
+
+
 class ProfileService:
     """Profiles are written by their owner (GraphQL) or synced by a backend (REST, service role)."""
 
-    def __init__(self, store: ProfileStore, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: ProfileStore, clock: Callable[[], datetime], db: Database, audit: AuditLog) -> None:
         self._store = store
         self._clock = clock
+        self._db = db
+        self._audit = audit
 
     async def get(self, user_id: uuid.UUID) -> ProfileRecord | None:
         return await self._store.get_profile(user_id)
 
-    async def upsert(self, user_id: uuid.UUID, data: ProfileInput) -> ProfileRecord:
-        """Replace the profile of ``user_id`` with ``data`` (validated already)."""
+    async def upsert(self, user_id: uuid.UUID, data: ProfileInput, *, actor: AuditActor | None = None) -> ProfileRecord:
+        """Replace the profile of ``user_id`` with ``data`` (validated already); the write and its
+        ``profile.updated`` audit entry commit together. ``actor`` defaults to the owner."""
         for pair in data.prompts:
             if not pair.question.strip() or not pair.answer.strip():
                 raise ServiceError(ErrorCode.BAD_USER_INPUT, "Prompt questions and answers cannot be blank.")
@@ -44,4 +58,18 @@ class ProfileService:
                 raise ServiceError(ErrorCode.BAD_USER_INPUT, "Consent topics and statements cannot be blank.")
         if not data.display_name.strip():
             raise ServiceError(ErrorCode.BAD_USER_INPUT, "displayName cannot be blank.")
-        return await self._store.upsert_profile(user_id, data, self._clock())
+        try:
+            # The data key is made (and committed) first, so the transaction below only reads it.
+            await self._store.encryption.keyring([user_id], create=True)
+            async with self._db.transaction():
+                record = await self._store.upsert_profile(user_id, data, self._clock())
+                await self._audit.record(
+                    actor=actor or AuditActor(kind="user", id=user_id),
+                    action="profile.updated",
+                    subject_type="profile",
+                    subject_id=user_id,
+                    change=msgspec.to_builtins(data),
+                )
+        except KeyDestroyedError:
+            raise erased_account() from None
+        return record

@@ -15,8 +15,9 @@ from app.domain.scoring import ScoringPolicy, summarise
 from app.domain.signing import PayloadClaims, PayloadExpired, PayloadInvalid
 from app.errors import ErrorCode, ServiceError
 from app.services.attempt_writer import AttemptWriter, PendingAttempt
-from app.services.create_key import KeyDependencies, quiz_cache_key
+from app.services.create_key import KeyDependencies, quiz_cache_key, quiz_cache_ref
 from app.services.limits import enforce_limit
+from app.services.profiles import erased_account
 from app.services.scoring_runner import ScoringRunner
 
 __all__ = ["SubmitConnectionKey"]
@@ -49,9 +50,16 @@ class SubmitConnectionKey:
             raise ServiceError(ErrorCode.PAYLOAD_INVALID, f"The signed payload is not valid: {exc}.") from None
 
     async def _load(self, claims: PayloadClaims) -> IssuedQuiz:
+        # Both data keys are needed (the writer seals the responses with the requester's): loaded or made
+        # here, outside the writer's transaction. An erased participant ends the quiz with a typed error.
+        keyring = await self._deps.encryption.keyring([claims.requester_id, claims.target_id], create=True)
+        if keyring.is_destroyed(claims.target_id):
+            raise ServiceError(ErrorCode.NOT_FOUND, "This person has left Connection Key; the quiz cannot be answered.")
+        if keyring.is_destroyed(claims.requester_id):
+            raise erased_account()
         cached = await self._deps.cache.get(quiz_cache_key(claims.key_id))
         if cached is not None:
-            return _quiz_decoder.decode(cached)
+            return _quiz_decoder.decode(keyring.open(claims.target_id, quiz_cache_ref(claims.key_id), cached.decode()))
         found = await self._deps.keys.get_quiz(claims.key_id)
         if found is None:
             raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload names an unknown quiz.")
@@ -107,15 +115,17 @@ class SubmitConnectionKey:
         path_key_id: uuid.UUID | None = None,
         on_behalf: bool = False,
         client_ip: str | None = None,
+        moderator: bool = False,
     ) -> ConnectionKeyResult:
         """Submit ``data`` as ``caller_id``. ``on_behalf`` (service role) may submit for the payload's
         requester; ``path_key_id`` (REST) must be the key the payload was issued for; ``client_ip``
-        (end-user calls) is rate limited too."""
+        (end-user calls) is rate limited too. ``moderator``: the caller is a moderator, who may submit for
+        the requester too, and the attempt then records (and audits) the caller as its submitter."""
         deps = self._deps
         claims = self._verify(data.signed_payload)
         if path_key_id is not None and path_key_id != claims.key_id:
             raise ServiceError(ErrorCode.BAD_USER_INPUT, "The signed payload belongs to another key.", field="id")
-        if claims.requester_id != caller_id and not on_behalf:
+        if claims.requester_id != caller_id and not (on_behalf or moderator):
             raise ServiceError(ErrorCode.FORBIDDEN, "This quiz was issued to someone else.")
         if deps.settings.rate_limit.enabled:
             if client_ip:
@@ -133,7 +143,15 @@ class SubmitConnectionKey:
             verdict = summarise(quiz.questions, report.outcomes, self._policy, quiz.target_name)
             attempt_id = uuid.uuid4()
             decision = await self._writer.write(
-                PendingAttempt(attempt_id, quiz, verdict, data.answers, report.shadow, report.variants)
+                PendingAttempt(
+                    attempt_id,
+                    quiz,
+                    verdict,
+                    data.answers,
+                    report.shadow,
+                    report.variants,
+                    submitted_by=caller_id if moderator and claims.requester_id != caller_id else None,
+                )
             )
         except ServiceError as exc:
             if exc.code not in (ErrorCode.PAYLOAD_REPLAYED, ErrorCode.CONFLICT):

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest_asyncio
 from litestar import Litestar
 
 from app import create_app
 from app.auth import mint_token
-from app.db.tables import ConnectionKeyQuestion
 from app.services.container import Services
 from app.settings import Settings
 from tests.fake_chat_server import llm_server  # noqa: F401 - the fake LLM endpoint fixture, for test_scoring
@@ -93,13 +91,11 @@ class Api:
     async def answers(self, payload: dict[str, Any], correct: bool = True) -> list[dict[str, Any]]:
         """Answers built from the server-side answer keys (which the API never returns): a comprehension
         answer in other words than the key, a free response about what the person wrote."""
-        rows = (
-            await ConnectionKeyQuestion.select()
-            .where(ConnectionKeyQuestion.connection_key_id == uuid.UUID(payload["id"]))
-            .run()
-        )
-        keys = {str(row["id"]): row["answer_key"] for row in rows}
-        references = {str(row["id"]): msgspec.json.decode(row["reference_texts"] or "[]") for row in rows}
+        # Through the store: question texts are sealed with the target's data key at rest.
+        found = await self.services.key_store.get_quiz(uuid.UUID(payload["id"]))
+        assert found is not None
+        keys = {str(q.id): q.answer_key for q in found[0].questions}
+        references = {str(q.id): q.references or [] for q in found[0].questions}
         answers = []
         for question in payload["questions"]:
             if question["kind"] == "COMPREHENSION" and question["choices"] is None:

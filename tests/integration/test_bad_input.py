@@ -249,3 +249,19 @@ async def test_malformed_graphql_requests_get_typed_errors(api: Api) -> None:
     get = await api.client.get("/graphql", params={"query": "{ me { userId } }"})
     assert get.status_code in (400, 405)
     assert (await api.client.get("/graphql", headers={"accept": "text/html"})).status_code != 200  # no GraphiQL
+
+
+@pytest.mark.asyncio
+async def test_unknown_graphql_input_fields_are_typed_errors(api: Api) -> None:
+    user = uuid.uuid4()
+    mutation = "mutation($input: ProfileInput!) { upsertMyProfile(input: $input) { displayName } }"
+    profile = {"displayName": "Ann", "prompts": [], "consentPreferences": [], "demographicSegments": {"age": "30"}}
+    body = await api.gql(mutation, user, input=profile)
+    assert body.get("data") is None
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
+    literal = (
+        'mutation { upsertMyProfile(input: {displayName: "Ann", prompts: [], consentPreferences: [], nope: 1})'
+        " { displayName } }"
+    )
+    body = await api.gql(literal, user)
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]

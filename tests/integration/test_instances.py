@@ -193,9 +193,7 @@ async def test_killing_an_instance_mid_stream_loses_no_acknowledged_submission(
         await one.upsert_profile(requester, f"Requester {n}")
         await one.upsert_profile(target, f"Target {n}")
         keys.append((requester, await one.create_key(requester, target)))
-    bodies = [
-        {"signedPayload": payload["signedPayload"], "answers": await one.answers(payload)} for _, payload in keys
-    ]
+    bodies = [{"signedPayload": payload["signedPayload"], "answers": await one.answers(payload)} for _, payload in keys]
 
     async def submit(client: httpx.AsyncClient, index: int) -> int:
         requester, payload = keys[index]
@@ -254,9 +252,7 @@ async def test_killing_an_instance_mid_stream_loses_no_acknowledged_submission(
         & ProcessedEvent.event_id.is_in([row["event_id"] for row in completed])
     )
     assert applied == len(recorded)
-    unlocked_events = await ConnectionKeyEvent.count().where(
-        ConnectionKeyEvent.event_type == "CONVERSATION_UNLOCKED"
-    )
+    unlocked_events = await ConnectionKeyEvent.count().where(ConnectionKeyEvent.event_type == "CONVERSATION_UNLOCKED")
     assert unlocked_events == len(recorded)  # a redelivered event unlocked nothing twice
 
     async def outbox_drained() -> bool:  # the events the orchestrator wrote reach the bus too

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from app.db.data_keys import DataKeyStore
 from app.db.device_store import DeviceStore
 from app.db.engine import Database
 from app.db.outbox_store import OutboxStore, new_envelope
@@ -20,8 +21,10 @@ from app.db.profile_store import ProfileStore
 from app.db.tables import DeviceToken, utcnow
 from app.domain.events import ConversationStatusChanged, EventType
 from app.domain.quiz import ProfileInput, UnlockState
+from app.services.encryption import FieldEncryption
+from app.services.key_encryption_keys import LocalKeyEncryptionKeys
 from app.services.notifications import NotificationPolicy, NotificationService
-from app.settings import Settings
+from app.settings import EncryptionSettings, Settings
 from notifiers.apns import plugin as apns_plugin
 from notifiers.fcm import plugin as fcm_plugin
 from plugins.context import PluginContext
@@ -96,9 +99,14 @@ def _service(context: PluginContext, **policy: Any) -> NotificationService:
         DeviceStore(),
         collect_notifiers(pm, context),
         NotificationPolicy(**{"backoff_base_seconds": 0.01, "max_backoff_seconds": 0.5, **policy}),
-        profiles=ProfileStore(),
+        profiles=ProfileStore(_encryption()),
         processed=OutboxStore(),
     )
+
+
+def _encryption() -> FieldEncryption:
+    # Profiles are sealed at rest: the stores need data keys (the default development KEK here).
+    return FieldEncryption(LocalKeyEncryptionKeys.from_settings(EncryptionSettings()), DataKeyStore(), utcnow)
 
 
 def _status(state: UnlockState, conversation_id: uuid.UUID) -> ConversationStatusChanged:
@@ -114,7 +122,7 @@ def _status(state: UnlockState, conversation_id: uuid.UUID) -> ConversationStatu
 
 
 async def _profiles() -> None:
-    store = ProfileStore()
+    store = ProfileStore(_encryption())
     for user_id, name in [(ALICE, "Alice"), (BOB, "Bob")]:
         profile = ProfileInput(display_name=name, prompts=[], consent_preferences=[])
         await store.upsert_profile(user_id, profile, utcnow())

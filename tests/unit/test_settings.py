@@ -203,18 +203,26 @@ def test_short_jwt_secret_is_refused(tmp_path: Path) -> None:
 
 def test_production_refuses_development_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nenvironment = "production"\n')
+    # A production encryption KEK (the development one is refused: tests/security/test_encryption_at_rest.py).
+    kek = {
+        "CK_ENCRYPTION__KEYS": '{"prod-kek": "' + "cHJvZC1vbmx5LWtlay0wMTIzNDU2Nzg5YWJjZGVmZ2g=" + '"}',
+        "CK_ENCRYPTION__ACTIVE_KEY_ID": "prod-kek",
+    }
     with pytest.raises(SettingsError, match=r"auth\.jwt_secret"):
-        load_settings(path, environ={})
+        load_settings(path, environ={**kek})
     with pytest.raises(SettingsError, match=r"signing\.keys"):
-        load_settings(path, environ={"CK_AUTH__JWT_SECRET": JWT_SECRET})
-    settings = load_settings(
-        path,
-        environ={
-            "CK_AUTH__JWT_SECRET": JWT_SECRET,
-            "CK_SIGNING__KEYS": f'{{"prod-1": "{GOOD_KEY}"}}',
-            "CK_SIGNING__ACTIVE_KEY_ID": "prod-1",
-        },
-    )
+        load_settings(path, environ={**kek, "CK_AUTH__JWT_SECRET": JWT_SECRET})
+    secrets = {
+        **kek,
+        "CK_AUTH__JWT_SECRET": JWT_SECRET,
+        "CK_SIGNING__KEYS": f'{{"prod-1": "{GOOD_KEY}"}}',
+        "CK_SIGNING__ACTIVE_KEY_ID": "prod-1",
+    }
+    with pytest.raises(SettingsError, match=r"audit\.digest_key"):
+        load_settings(path, environ=secrets)
+    with pytest.raises(SettingsError, match=r"encryption"):
+        load_settings(path, environ={**secrets, "CK_AUDIT__DIGEST_KEY": "p" * 40, "CK_ENCRYPTION__KEYS": "{}"})
+    settings = load_settings(path, environ={**secrets, "CK_AUDIT__DIGEST_KEY": "p" * 40})
     assert settings.server.environment == "production"
     assert not settings.is_development
 

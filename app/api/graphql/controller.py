@@ -50,15 +50,16 @@ _decoder = msgspec.json.Decoder(GraphQLRequest)
 _HTTP_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
 
 
-def _bad_request(message: str, status: int = 400) -> Response[bytes]:
-    body = {"data": None, "errors": [{"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]}
+def _bad_request(message: str, status: int = 400, **extensions: Any) -> Response[bytes]:
+    error = {"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value, **extensions}}
+    body = {"data": None, "errors": [error]}
     return Response(msgspec.json.encode(body), status_code=status, media_type=MediaType.JSON)
 
 
 def build_graphql_controller(settings: Settings) -> type:
     """The ``/graphql`` controller: the thin POST handler, subscriptions over WebSocket, GraphiQL in
     development only."""
-    schema: strawberry.Schema = build_schema()
+    schema: strawberry.Schema = build_schema(settings.graphql, production=settings.server.environment == "production")
     base: Any = make_graphql_controller(
         schema,
         path=settings.server.graphql_path,
@@ -77,6 +78,7 @@ def build_graphql_controller(settings: Settings) -> type:
         send_timeout_seconds: ClassVar[float] = settings.server.ws_send_timeout_seconds
 
     class GraphQLController(base):  # type: ignore[misc, valid-type]
+        include_in_schema = False  # GraphQL documents itself; OpenAPI describes the REST mirrors only
         websocket_adapter_class = Connection
         graphql_transport_ws_handler_class = GraphQLTransportWSHandler
         graphql_ws_handler_class = GraphQLWSHandler
@@ -92,6 +94,11 @@ def build_graphql_controller(settings: Settings) -> type:
             if not content_type.lower().startswith("application/json"):
                 return _bad_request("Unsupported content type: send application/json", 415)
             body = await request.body()
+            if body.lstrip()[:1] == b"[":
+                # One request, one operation: a batch would multiply every per-request limit.
+                return _bad_request(
+                    "Batched operations are not supported: send one operation per request.", limit="batch"
+                )
             try:
                 operation = _decoder.decode(body)
             except msgspec.ValidationError as exc:

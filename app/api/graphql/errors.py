@@ -29,9 +29,10 @@ def _typed(error: GraphQLError) -> GraphQLError:
             original,
             extensions={"code": original.code.value, **original.extra},
         )
-    if original is None or isinstance(original, (InvalidOperationTypeError, CannotGetOperationTypeError)):
-        # Parse and validation errors (unknown field, wrong argument type...) and a subscription sent
-        # over HTTP: the client's to fix.
+    if original is None or isinstance(original, (GraphQLError, InvalidOperationTypeError, CannotGetOperationTypeError)):
+        # Parse and validation errors (unknown field, wrong argument type...), variables that do not
+        # coerce (graphql-core wraps the inner GraphQLError, whose message quotes the values: never
+        # logged) and a subscription sent over HTTP: the client's to fix.
         code = (error.extensions or {}).get("code") or ErrorCode.BAD_USER_INPUT.value
         return GraphQLError(
             error.message,

@@ -21,6 +21,7 @@ from app.api.graphql.types import (
     ProfileInput,
 )
 from app.domain import contract
+from app.domain.field_crypto import KeyDestroyedError
 from app.errors import ErrorCode, ServiceError
 from app.services.create_key import public_payload
 from app.services.limits import enforce_limit
@@ -70,7 +71,10 @@ class Query:
         services = info.context.services
         payloads = []
         for key_id in await services.key_store.open_keys(await info.context.user_id(), services.clock()):
-            found = await services.key_store.get_quiz(key_id)
+            try:
+                found = await services.key_store.get_quiz(key_id)
+            except KeyDestroyedError:  # the target was erased after the open-keys read
+                continue
             if found is not None:
                 payloads.append(ConnectionKeyPayload.of(public_payload(found[0])))
         return payloads

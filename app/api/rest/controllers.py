@@ -14,6 +14,7 @@ from app.api.rest.dependencies import provide_principal, provide_services
 from app.api.rest.problems import problem_responses
 from app.auth import Principal
 from app.db.profile_store import ProfileRecord
+from app.domain.audit_chain import AuditActor
 from app.domain.contract import (
     ConnectionKeyPayload,
     ConnectionKeyResponseInput,
@@ -64,7 +65,11 @@ class ConnectionKeyController(Controller):
         "/{key_id:uuid}/responses",
         status_code=201,
         summary="Submit answers",
-        description=_ERRORS,
+        description="The quiz's requester submits their answers. A service-role caller may submit for the "
+        "requester. So may a moderator (a token with the moderator role), for submissions made during a "
+        "review, e.g. answers the requester gave a moderator while a reported scoring problem is looked "
+        "into: the usual checks apply (signed payload, single use, expiry, the requester's limits), the "
+        "attempt records the moderator in `submittedBy`, and the submission is audited. " + _ERRORS,
         responses=problem_responses(400, 401, 403, 409, 410, 429),
     )
     async def respond(
@@ -75,13 +80,15 @@ class ConnectionKeyController(Controller):
         services: NamedDependency[Services],
         request: Request[Any, Any, Any],
     ) -> ConnectionKeyResult:
-        """Score the answers to key ``key_id``; a service-role caller may submit for the quiz's requester."""
+        """Score the answers to key ``key_id``; a service-role caller or a moderator may submit for the
+        quiz's requester."""
         return await services.submit_key(
             principal.user_id,
             data,
             path_key_id=key_id,
             on_behalf=principal.is_service_role,
             client_ip=_end_user_ip(request, principal),
+            moderator=principal.is_moderator,
         )
 
 
@@ -109,7 +116,7 @@ class ProfileController(Controller):
         """Sync a profile from the main app (service role), or write one's own."""
         if not principal.is_service_role and principal.user_id != user_id:
             raise ServiceError(ErrorCode.FORBIDDEN, "Only a service role may write another user's profile.")
-        return await services.profiles.upsert(user_id, data)
+        return await services.profiles.upsert(user_id, data, actor=AuditActor.from_principal(principal))
 
 
 def _end_user_ip(request: Request[Any, Any, Any], principal: Principal) -> str | None:

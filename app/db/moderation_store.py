@@ -1,0 +1,205 @@
+"""Reads of attempts for moderators, and the ``moderation_decisions`` table."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from piccolo.columns.combination import WhereRaw
+from piccolo.query import Select
+
+from app.db.tables import ConnectionKeyAttempt, Conversation, ModerationDecision
+from app.domain.moderation_rules import OverrideDecision, PageCursor
+from app.domain.quiz import UnlockState
+
+__all__ = ["AttemptFilter", "DecisionRow", "ModerationStore", "excused_attempt_ids"]
+
+# Without the JSON columns that only the detail view needs (responses hold the requester's answers).
+_SUMMARY_COLUMNS = (
+    ConnectionKeyAttempt.id,
+    ConnectionKeyAttempt.connection_key_id,
+    ConnectionKeyAttempt.conversation_id,
+    ConnectionKeyAttempt.requester_id,
+    ConnectionKeyAttempt.target_id,
+    ConnectionKeyAttempt.score,
+    ConnectionKeyAttempt.passed,
+    ConnectionKeyAttempt.breakdown,
+    ConnectionKeyAttempt.unlock_state,
+    ConnectionKeyAttempt.submitted_at,
+    ConnectionKeyAttempt.submitted_by,
+)
+
+
+class AttemptFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of the attempt list; ``None`` means "any". Times are aware UTC."""
+
+    conversation_id: uuid.UUID | None = None
+    requester_id: uuid.UUID | None = None
+    target_id: uuid.UUID | None = None
+    passed: bool | None = None
+    unlock_state: UnlockState | None = None
+    flag: str | None = None
+    """A scorer flag (``prompt_injection``) on at least one question; matched exactly."""
+    flagged: bool | None = None
+    """``True``: some question carries a flag; ``False``: none does."""
+    submitted_since: datetime | None = None
+    submitted_until: datetime | None = None
+
+
+class DecisionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``moderation_decisions`` row."""
+
+    id: uuid.UUID
+    attempt_id: uuid.UUID
+    conversation_id: uuid.UUID
+    moderator_id: uuid.UUID
+    decision: OverrideDecision
+    reason: str
+    previous_state: UnlockState
+    new_state: UnlockState
+    retry_available_at: datetime | None
+    idempotency_id: uuid.UUID | None
+    decided_at: datetime
+
+
+def excused_attempt_ids() -> Select:
+    """Sub-select of attempts a moderator excused (ALLOW_RETRY): they no longer count as failures."""
+    return ModerationDecision.select(ModerationDecision.attempt_id).where(
+        ModerationDecision.decision == OverrideDecision.ALLOW_RETRY.value
+    )
+
+
+def _json_like(column: str, pattern: str) -> WhereRaw:
+    # JSON columns are `json` on PostgreSQL, which has no LIKE; the cast makes both backends compare text.
+    # The pattern is a bound parameter, and the column name a constant of this module.
+    return WhereRaw(f'CAST("{column}" AS TEXT) LIKE {{}}', pattern)
+
+
+def _not_json_like(column: str, pattern: str) -> WhereRaw:
+    return WhereRaw(f'CAST("{column}" AS TEXT) NOT LIKE {{}}', pattern)
+
+
+def _decision(row: dict[str, Any]) -> DecisionRow:
+    return msgspec.convert(row, DecisionRow, strict=False)
+
+
+class ModerationStore:
+    """Queries behind the moderation API. Writers expect to run inside a transaction."""
+
+    async def attempt_page(self, where: AttemptFilter, after: PageCursor | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` attempt summaries (no responses) matching ``where`` coarsely, newest first,
+        strictly after ``after``. The flag filters are a text pre-filter here: callers check exactly."""
+        t = ConnectionKeyAttempt
+        clauses: list[Any] = []
+        for column, value in (
+            (t.conversation_id, where.conversation_id),
+            (t.requester_id, where.requester_id),
+            (t.target_id, where.target_id),
+            (t.passed, where.passed),
+            (t.unlock_state, where.unlock_state.value if where.unlock_state else None),
+        ):
+            if value is not None:
+                clauses.append(column == value)
+        if where.submitted_since is not None:
+            clauses.append(t.submitted_at >= where.submitted_since)
+        if where.submitted_until is not None:
+            clauses.append(t.submitted_at < where.submitted_until)
+        # msgspec writes `"flags":[...]` only when a question has flags (omit_defaults), without spaces.
+        if where.flagged is True:
+            clauses.append(_json_like("breakdown", '%"flags":["%'))
+        elif where.flagged is False:
+            clauses.append(_not_json_like("breakdown", '%"flags":["%'))
+        if where.flag is not None:
+            # `_` is a LIKE wildcard: this matches a little more than the flag, never less.
+            clauses.append(_json_like("breakdown", f'%"{where.flag}"%'))
+        if after is not None:
+            clauses.append(
+                (t.submitted_at < after.submitted_at) | ((t.submitted_at == after.submitted_at) & (t.id < after.id))
+            )
+        query = t.select(*_SUMMARY_COLUMNS)
+        if clauses:
+            query = query.where(*clauses)
+        return await query.order_by(t.submitted_at, t.id, ascending=False).limit(limit).run()
+
+    async def attempt(self, attempt_id: uuid.UUID) -> dict[str, Any] | None:
+        """The whole attempt row, or ``None``."""
+        return await ConnectionKeyAttempt.select().where(ConnectionKeyAttempt.id == attempt_id).first().run()
+
+    async def decisions(self, attempt_id: uuid.UUID) -> list[DecisionRow]:
+        """Decisions made on the attempt, oldest first."""
+        rows = (
+            await ModerationDecision.select()
+            .where(ModerationDecision.attempt_id == attempt_id)
+            .order_by(ModerationDecision.decided_at, ModerationDecision.id)
+            .run()
+        )
+        return [_decision(row) for row in rows]
+
+    async def decision_by_idempotency(self, idempotency_id: uuid.UUID) -> DecisionRow | None:
+        row = await ModerationDecision.select().where(ModerationDecision.idempotency_id == idempotency_id).first().run()
+        return _decision(row) if row else None
+
+    async def is_excused(self, attempt_id: uuid.UUID) -> bool:
+        return (
+            await ModerationDecision.exists()
+            .where(
+                (ModerationDecision.attempt_id == attempt_id)
+                & (ModerationDecision.decision == OverrideDecision.ALLOW_RETRY.value)
+            )
+            .run()
+        )
+
+    async def counted_failures(
+        self, requester_id: uuid.UUID, conversation_id: uuid.UUID, since: datetime, *, besides: uuid.UUID
+    ) -> list[datetime]:
+        """Submission times of the requester's failed, unexcused attempts on the conversation since
+        ``since``, attempt ``besides`` left out."""
+        t = ConnectionKeyAttempt
+        rows = (
+            await t.select(t.submitted_at)
+            .where(
+                (t.requester_id == requester_id)
+                & (t.conversation_id == conversation_id)
+                & (t.passed == False)  # noqa: E712 - Piccolo operator
+                & (t.submitted_at > since)
+                & (t.id != besides)
+                & t.id.not_in(excused_attempt_ids())
+            )
+            .run()
+        )
+        return [row["submitted_at"] for row in rows]
+
+    async def insert_decision(self, row: DecisionRow) -> bool:
+        """Insert ``row``; ``False`` when its idempotency id is taken (the request was already made)."""
+        values = msgspec.structs.asdict(row)
+        values["decision"] = row.decision.value
+        values["previous_state"] = row.previous_state.value
+        values["new_state"] = row.new_state.value
+        query = ModerationDecision.insert(ModerationDecision(**values)).returning(ModerationDecision.id)
+        if row.idempotency_id is not None:
+            query = query.on_conflict(target=ModerationDecision.idempotency_id, action="DO NOTHING")
+        return bool(await query.run())
+
+    async def move_conversation(
+        self,
+        conversation_id: uuid.UUID,
+        expected: UnlockState,
+        state: UnlockState,
+        now: datetime,
+    ) -> bool:
+        """Set the conversation's state if it is still ``expected`` (compare-and-set: a concurrent
+        change wins and this returns ``False``)."""
+        values: dict[Any, Any] = {Conversation.unlock_state: state.value, Conversation.updated_at: now}
+        if state is UnlockState.UNLOCKED:
+            values[Conversation.unlocked_at] = now
+        elif state is UnlockState.LOCKED:
+            values[Conversation.unlocked_at] = None
+        rows = (
+            await Conversation.update(values)
+            .where((Conversation.id == conversation_id) & (Conversation.unlock_state == expected.value))
+            .returning(Conversation.id)
+            .run()
+        )
+        return bool(rows)

@@ -1,0 +1,139 @@
+"""What a moderator's override does to a conversation, and the checks on its inputs. Pure: callers pass
+``now`` and the history; nothing here reads or writes anything.
+
+The decisions:
+
+``UNLOCK``
+    The conversation becomes UNLOCKED, as if the attempt had passed (a scorer got it wrong). Both people
+    are told, exactly as after a pass. Already unlocked: nothing changes.
+``LOCK``
+    Revokes an unlock (for example one won by prompt injection): UNLOCKED becomes LOCKED, the only way
+    an unlock is ever undone. The requester may take a new quiz under the usual retry rules. A
+    conversation that is not unlocked: nothing changes.
+``ALLOW_RETRY``
+    Excuses this failed attempt: it no longer counts towards the cooldown or the daily limit, so the
+    requester may try again as soon as their other failures allow (usually at once), and is told so.
+    Refused for a passed attempt or an unlocked conversation; a second excuse of the same attempt
+    changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+from msgspec import Struct
+
+from app.domain.quiz import UnlockState
+from app.domain.unlock_rules import WINDOW, RetryPolicy, may_start_attempt
+
+__all__ = [
+    "DecisionRefused",
+    "OverrideDecision",
+    "OverrideOutcome",
+    "PageCursor",
+    "clean_reason",
+    "decide_override",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+# Control characters other than tab and newlines have no place in a reason and can hide text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_MAX_CURSOR_CHARS = 200
+
+
+class OverrideDecision(str, enum.Enum):
+    """A moderator's decision on an attempt (see the module docstring)."""
+
+    UNLOCK = "UNLOCK"
+    LOCK = "LOCK"
+    ALLOW_RETRY = "ALLOW_RETRY"
+
+
+class OverrideOutcome(Struct, frozen=True):
+    """The conversation after the decision; ``changed`` is false when the decision changes nothing."""
+
+    state: UnlockState
+    retry_available_at: datetime | None
+    changed: bool
+
+
+class DecisionRefused(ValueError):
+    """The decision does not apply to this attempt or conversation (a conflict, not bad input)."""
+
+
+def decide_override(
+    decision: OverrideDecision,
+    current: UnlockState,
+    *,
+    attempt_passed: bool,
+    already_excused: bool,
+    other_failures: Sequence[datetime],
+    now: datetime,
+    policy: RetryPolicy,
+) -> OverrideOutcome:
+    """Apply ``decision`` to a conversation in state ``current``. ``other_failures`` are the requester's
+    failed attempts on the conversation that still count, this attempt excluded (ALLOW_RETRY only)."""
+    if decision is OverrideDecision.UNLOCK:
+        if current is UnlockState.UNLOCKED:
+            return OverrideOutcome(current, None, changed=False)
+        return OverrideOutcome(UnlockState.UNLOCKED, None, changed=True)
+    if decision is OverrideDecision.LOCK:
+        if current is not UnlockState.UNLOCKED:
+            return OverrideOutcome(current, None, changed=False)
+        return OverrideOutcome(UnlockState.LOCKED, None, changed=True)
+    if attempt_passed:
+        raise DecisionRefused("This attempt passed: there is no failure to excuse.")
+    if current is UnlockState.UNLOCKED:
+        raise DecisionRefused("The conversation is unlocked: there is nothing to retry.")
+    if already_excused:
+        return OverrideOutcome(current, None, changed=False)
+    recent = [f for f in other_failures if f > now - WINDOW]
+    state = UnlockState.COOLDOWN if len(recent) >= policy.max_attempts_per_day else UnlockState.RETRY_AVAILABLE
+    return OverrideOutcome(state, may_start_attempt(recent, now, policy) or now, changed=True)
+
+
+def clean_reason(text: str, max_chars: int) -> str:
+    """The reason as stored: trimmed, non-empty, at most ``max_chars``, no control or bidi characters.
+    Raises ``ValueError`` (whose message never quotes the reason)."""
+    reason = text.strip()
+    if not reason:
+        raise ValueError("A reason is required.")
+    if len(reason) > max_chars:
+        raise ValueError(f"The reason is longer than {max_chars} characters.")
+    if _CONTROL.search(reason):
+        raise ValueError("The reason contains control characters.")
+    return reason
+
+
+class PageCursor(Struct, frozen=True, array_like=True):
+    """Where a page of attempts ended: the last row's ``submitted_at`` and id (newest first)."""
+
+    submitted_at: datetime
+    id: uuid.UUID
+
+
+def encode_cursor(cursor: PageCursor) -> str:
+    """An opaque, URL-safe token for ``cursor``."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> PageCursor:
+    """The cursor in ``token``; ``ValueError`` for anything :func:`encode_cursor` did not make."""
+    if not token or len(token) > _MAX_CURSOR_CHARS:
+        raise ValueError("The cursor is not valid.")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        cursor = msgspec.json.decode(raw, type=PageCursor)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValueError("The cursor is not valid.") from None
+    if cursor.submitted_at.tzinfo is None:
+        raise ValueError("The cursor is not valid.")
+    return PageCursor(cursor.submitted_at.astimezone(UTC), cursor.id)

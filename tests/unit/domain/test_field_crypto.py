@@ -1,0 +1,132 @@
+"""The pure field-encryption module: format, associated data, tampering, key wrapping, the keyring."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import pytest
+
+from app.domain.field_crypto import (
+    DataKey,
+    DecryptionError,
+    FieldRef,
+    KeyDestroyedError,
+    Keyring,
+    MalformedCiphertextError,
+    UnknownKeyError,
+    UserKeys,
+    decrypt_value,
+    encrypt_value,
+    is_ciphertext,
+    new_data_key,
+    token_key_id,
+    unwrap_key,
+    wrap_key,
+)
+
+ROW = uuid.UUID("11111111-1111-4111-8111-111111111111")
+REF = FieldRef("profiles", "bio", ROW)
+
+
+def _flip(token: str, index: int) -> str:
+    prefix, body = token.rsplit(".", 1)
+    raw = bytearray(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    raw[index] ^= 0x01
+    return f"{prefix}.{base64.urlsafe_b64encode(bytes(raw)).rstrip(b'=').decode()}"
+
+
+def test_round_trip_format_and_fresh_nonces() -> None:
+    key = new_data_key()
+    token = encrypt_value(key, "I like slow mornings ☕", REF)
+    assert token.startswith(f"ck1.{key.key_id}.") and is_ciphertext(token) and token_key_id(token) == key.key_id
+    assert "slow" not in token
+    assert decrypt_value(key, token, REF) == "I like slow mornings ☕"
+    assert encrypt_value(key, "same", REF) != encrypt_value(key, "same", REF)  # random 96-bit nonce each time
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        FieldRef("profiles", "bio", uuid.UUID("22222222-2222-4222-8222-222222222222")),  # another row
+        FieldRef("profiles", "display_name", ROW),  # another column
+        FieldRef("connection_key_questions", "bio", ROW),  # another table
+    ],
+)
+def test_value_moved_to_another_place_does_not_decrypt(elsewhere: FieldRef) -> None:
+    key = new_data_key()
+    with pytest.raises(DecryptionError):
+        decrypt_value(key, encrypt_value(key, "secret", REF), elsewhere)
+
+
+@pytest.mark.parametrize("index", [0, 11, 12, -1])  # nonce, nonce end, ciphertext, tag
+def test_tampered_bytes_fail(index: int) -> None:
+    key = new_data_key()
+    with pytest.raises(DecryptionError):
+        decrypt_value(key, _flip(encrypt_value(key, "secret value", REF), index), REF)
+
+
+def test_wrong_key_and_relabelled_key_id_fail() -> None:
+    key, other = new_data_key(), new_data_key()
+    token = encrypt_value(key, "secret", REF)
+    with pytest.raises(UnknownKeyError):
+        decrypt_value(other, token, REF)
+    relabelled = token.replace(key.key_id, other.key_id, 1)  # same id as `other`, sealed with `key`
+    with pytest.raises(DecryptionError):
+        decrypt_value(other, relabelled, REF)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 30])
+def test_truncated_fails(cut: int) -> None:
+    key = new_data_key()
+    token = encrypt_value(key, "a longer secret value", REF)
+    with pytest.raises(DecryptionError):
+        decrypt_value(key, token[:-cut], REF)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "plain text", "ck1.", "ck1.k.", "ck2.k.AAAA", "ck1.k.AA", "ck1.k.!!!!", "ck1.k.AAAA.x"]
+)
+def test_malformed_tokens_are_typed(bad: str) -> None:
+    with pytest.raises(MalformedCiphertextError):
+        decrypt_value(DataKey("k", b"\0" * 32), bad, REF)
+
+
+def test_data_key_validation_and_secret_not_in_repr() -> None:
+    key = new_data_key()
+    assert key.secret.hex() not in repr(key) and str(list(key.secret)) not in repr(key)
+    with pytest.raises(ValueError):
+        DataKey("k", b"short")
+    with pytest.raises(ValueError):
+        DataKey("has.dot", b"\0" * 32)
+
+
+def test_wrap_binds_owner_context() -> None:
+    kek, key = b"k" * 32, new_data_key()
+    wrapped = wrap_key(kek, key, b"user-a")
+    assert unwrap_key(kek, key.key_id, wrapped, b"user-a") == key
+    with pytest.raises(DecryptionError):
+        unwrap_key(kek, key.key_id, wrapped, b"user-b")  # moved to another user
+    with pytest.raises(DecryptionError):
+        unwrap_key(b"x" * 32, key.key_id, wrapped, b"user-a")  # another KEK
+    with pytest.raises(DecryptionError):
+        unwrap_key(kek, key.key_id, wrapped[:20], b"user-a")
+
+
+def test_keyring_previous_key_legacy_plaintext_and_destroyed_owner() -> None:
+    owner, erased, stranger = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    old, new = new_data_key(), new_data_key()
+    before = Keyring({owner: UserKeys(old)}).seal(owner, REF, "written before the rotation")
+    keyring = Keyring({owner: UserKeys(new, previous=old), erased: UserKeys(None)})
+    assert keyring.open(owner, REF, before) == "written before the rotation"
+    assert keyring.needs_resealing(owner, before) and not keyring.needs_resealing(owner, keyring.seal(owner, REF, "x"))
+    assert keyring.open(owner, REF, "legacy plaintext") == "legacy plaintext"
+    assert keyring.needs_resealing(owner, "legacy plaintext")
+    assert keyring.is_destroyed(erased) and not keyring.is_destroyed(stranger)
+    with pytest.raises(KeyDestroyedError):
+        keyring.seal(erased, REF, "x")
+    with pytest.raises(KeyDestroyedError):
+        keyring.open(erased, REF, before)
+    with pytest.raises(UnknownKeyError):
+        keyring.open(stranger, REF, before)
+    assert keyring.seal_columns(owner, "profiles", ROW, {"bio": None}) == {"bio": None}
