@@ -17,7 +17,8 @@ def audit() -> None:
 
 @audit.command(
     help="Check the whole hash chain (and the sealed segments' hashes) in batches. Exit 0 with "
-    "'chain intact, N entries', or 1 naming the first broken entry's sequence and id."
+    "'chain intact, N entries', or 1 naming the first broken entry's sequence and id. With "
+    "--against-archive, also re-read every sealed segment from the bucket and check it."
 )
 @click.option(
     "--batch-size",
@@ -25,25 +26,66 @@ def audit() -> None:
     default=None,
     help="Entries per query (default: audit.verify_batch_size).",
 )
-def verify(batch_size: int | None) -> None:
+@click.option(
+    "--against-archive",
+    is_flag=True,
+    help="Also download each recorded segment (body + manifest) and check its SHA-256, its chain, its "
+    "link to the previous segment and that its entries equal the database rows byte for byte. Objects "
+    "missing from the bucket fail; objects in it that no segment record names are shown as info.",
+)
+def verify(batch_size: int | None, against_archive: bool) -> None:
+    from app.adapters.audit_archive import AuditArchiveError
     from app.cli import _run
     from app.services.audit import verify_chain
+    from app.services.audit_archive_check import SegmentCheck, check_archive
+    from app.services.audit_export import archive_from_settings
+
+    def shown(check: SegmentCheck) -> None:
+        r, m = check.record, check.mismatch
+        if m is None:
+            outcome = f"ok ({r.entry_count} entries)"
+        else:
+            outcome = "MISMATCH" + (f" at sequence {m.sequence}" if m.sequence is not None else "") + f": {m.problem}"
+        click.echo(
+            f"segment {r.first_sequence}-{r.last_sequence} (s3://{r.bucket}/{r.object_key}): {outcome}", err=True
+        )
 
     async def work(services: Any) -> Any:
         store = services.audit.store
         total = await store.count()
         size = batch_size or services.settings.audit.verify_batch_size
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-            return await verify_chain(store, size, bar.update)
+            chain = await verify_chain(store, size, bar.update)
+        if not against_archive:
+            return chain, None
+        archive = archive_from_settings(services.settings.audit)
+        return chain, await check_archive(store, archive, size, shown)
 
-    report = _run(work)
+    try:
+        report, archived = _run(work)
+    except AuditArchiveError as exc:
+        raise click.ClickException(f"archive not readable: {exc}") from None
+    failures: list[str] = []
     if report.broken is not None:
         b = report.broken
-        raise click.ClickException(
+        failures.append(
             f"chain broken at sequence {b.sequence} (entry {b.id if b.id else 'missing'}): {b.reason}; "
             f"{report.entries} entries before it verified"
         )
-    click.echo(f"chain intact, {report.entries} entries ({report.segments} sealed segments agree)")
+    else:
+        click.echo(f"chain intact, {report.entries} entries ({report.segments} sealed segments agree)")
+    if archived is not None:
+        for key in archived.unrecorded:
+            click.echo(f"info: s3://{archived.bucket}/{key} is in the bucket but not recorded in audit_segments")
+        if archived.first is not None:
+            failures.append(
+                f"archive mismatch in {archived.first}; {len(archived.mismatches)} of {archived.segments} "
+                "segments disagree"
+            )
+        else:
+            click.echo(f"archive agrees: {archived.segments} segments, {archived.entries} entries")
+    if failures:
+        raise click.ClickException("\n".join(failures))
 
 
 @audit.command(

@@ -22,6 +22,7 @@ from app.domain.audit_segment import SealedSegment, SegmentManifest, manifest_ke
 __all__ = ["AuditArchiveError", "S3AuditArchive"]
 
 log = structlog.get_logger(__name__)
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 class AuditArchiveError(Exception):
@@ -114,6 +115,34 @@ class S3AuditArchive:
     async def get(self, key: str) -> bytes:
         answer = await self._call("get_object", Bucket=self.bucket, Key=key)
         return await asyncio.to_thread(answer["Body"].read)
+
+    async def get_if_present(self, key: str) -> bytes | None:
+        """The object's bytes, or ``None`` when the bucket has no object under ``key``."""
+        try:
+            return await self.get(key)
+        except AuditArchiveError as exc:
+            cause = exc.__cause__
+            code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+            if code in _MISSING_CODES:
+                return None
+            raise
+
+    async def segment_keys(self) -> list[str]:
+        """Every object key under ``<prefix>segments/`` (all pages of the listing)."""
+        keys: list[str] = []
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{self.prefix}segments/"}
+        while True:
+            listing = await self._call("list_objects_v2", **request)
+            keys += [o["Key"] for o in listing.get("Contents", [])]
+            if not listing.get("IsTruncated"):
+                return keys
+            request["ContinuationToken"] = listing["NextContinuationToken"]
+
+    def for_bucket(self, bucket: str) -> S3AuditArchive:
+        """This archive's endpoint and credentials, for ``bucket`` (a segment recorded in another one)."""
+        if bucket == self.bucket:
+            return self
+        return S3AuditArchive(bucket=bucket, region=self._region, endpoint_url=self._endpoint_url, prefix=self.prefix)
 
     async def retention(self, key: str) -> dict[str, Any]:
         """The object's Object Lock retention (``Mode``, ``RetainUntilDate``), from its headers (which

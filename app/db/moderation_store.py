@@ -1,4 +1,10 @@
-"""Reads of attempts for moderators, and the ``moderation_decisions`` table."""
+"""Reads of attempts for moderators, and the ``moderation_decisions`` table.
+
+A decision's ``reason`` is a moderator's free text about an attempt (it may quote the requester's answers
+or either person's profile), so it is sealed with the attempt's requester's data key, like the attempt's
+responses (record id: the decision id). Rows move through this store as stored; :func:`seal_reason` and
+:func:`open_reason` convert the reason.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,21 @@ from piccolo.columns.combination import WhereRaw
 from piccolo.query import Select
 
 from app.db.tables import ConnectionKeyAttempt, Conversation, ModerationDecision
+from app.domain.field_crypto import FieldRef, Keyring
 from app.domain.moderation_rules import OverrideDecision, PageCursor
 from app.domain.quiz import UnlockState
 
-__all__ = ["AttemptFilter", "DecisionRow", "ModerationStore", "excused_attempt_ids"]
+__all__ = [
+    "DECISION_TABLE",
+    "AttemptFilter",
+    "DecisionRow",
+    "ModerationStore",
+    "excused_attempt_ids",
+    "open_reason",
+    "seal_reason",
+]
+
+DECISION_TABLE = "moderation_decisions"
 
 # Without the JSON columns that only the detail view needs (responses hold the requester's answers).
 _SUMMARY_COLUMNS = (
@@ -56,12 +73,28 @@ class DecisionRow(msgspec.Struct, frozen=True, kw_only=True):
     conversation_id: uuid.UUID
     moderator_id: uuid.UUID
     decision: OverrideDecision
-    reason: str
+    reason: str | None
+    """As stored: ciphertext under the requester's data key. Opened (:func:`open_reason`): the text, or
+    ``None`` when the requester was erased."""
     previous_state: UnlockState
     new_state: UnlockState
     retry_available_at: datetime | None
     idempotency_id: uuid.UUID | None
     decided_at: datetime
+
+
+def seal_reason(keyring: Keyring, requester: uuid.UUID, decision_id: uuid.UUID, reason: str) -> str:
+    """The stored form of a decision's reason: sealed with the attempt's requester's current key."""
+    return keyring.seal(requester, FieldRef(DECISION_TABLE, "reason", decision_id), reason)
+
+
+def open_reason(keyring: Keyring, requester: uuid.UUID, row: DecisionRow) -> DecisionRow:
+    """``row`` with its reason decrypted (``keyring`` holds the requester's keys); ``None`` when the
+    requester was erased. Legacy plaintext (from before sealing) reads as it is."""
+    if row.reason is None or keyring.is_destroyed(requester):
+        return msgspec.structs.replace(row, reason=None)
+    ref = FieldRef(DECISION_TABLE, "reason", row.id)
+    return msgspec.structs.replace(row, reason=keyring.open(requester, ref, row.reason))
 
 
 def excused_attempt_ids() -> Select:
@@ -172,7 +205,7 @@ class ModerationStore:
         return [row["submitted_at"] for row in rows]
 
     async def insert_decision(self, row: DecisionRow) -> bool:
-        """Insert ``row``; ``False`` when its idempotency id is taken (the request was already made)."""
+        """Insert ``row`` (its reason sealed already: :func:`seal_reason`); ``False`` when its idempotency id is taken (the request was already made)."""
         values = msgspec.structs.asdict(row)
         values["decision"] = row.decision.value
         values["previous_state"] = row.previous_state.value

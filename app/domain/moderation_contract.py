@@ -94,7 +94,8 @@ class DecisionView(Struct, frozen=True, rename="camel"):
     conversation_id: uuid.UUID
     moderator_id: uuid.UUID
     decision: OverrideDecision
-    reason: str
+    reason: str | None
+    """Null when the attempt's requester was erased (the reason is sealed with their data key)."""
     previous_state: UnlockState
     new_state: UnlockState
     retry_available_at: datetime | None

@@ -26,8 +26,9 @@ from piccolo.table import Table
 
 from app.db.engine import Database
 from app.db.key_store import ATTEMPT_TABLE, QUESTION_SEALED_COLUMNS, QUESTION_TABLE
+from app.db.moderation_store import DECISION_TABLE
 from app.db.profile_store import PROFILE_SEALED_COLUMNS
-from app.db.tables import ConnectionKey, ConnectionKeyAttempt, ConnectionKeyQuestion, Profile
+from app.db.tables import ConnectionKey, ConnectionKeyAttempt, ConnectionKeyQuestion, ModerationDecision, Profile
 from app.domain.audit_chain import AuditActor
 from app.domain.field_crypto import FORMAT_VERSION, FieldRef, Keyring, UserKeys, is_ciphertext, new_data_key
 from app.services.encryption import FieldEncryption, owner_context
@@ -118,6 +119,12 @@ async def _reseal_user(user_id: uuid.UUID, opener: Keyring, sealer: Keyring) -> 
         feedback = _convert(user_id, FieldRef(ATTEMPT_TABLE, "feedback", row["id"]), row["feedback"], opener, sealer)
         await _update_if_unchanged(a, "id", row, "feedback", {"feedback": feedback})
         touched += 1
+    d = ModerationDecision  # moderators' reasons about the user's attempts: sealed with the requester's key
+    their_attempts = a.select(a.id).where(a.requester_id == user_id)
+    for row in await d.select(d.id, d.reason).where(d.attempt_id.is_in(their_attempts)).run():
+        reason = _convert(user_id, FieldRef(DECISION_TABLE, "reason", row["id"]), row["reason"], opener, sealer)
+        await _update_if_unchanged(d, "id", row, "reason", {"reason": reason})
+        touched += 1
     return touched
 
 
@@ -147,6 +154,16 @@ async def _legacy_owners(limit: int) -> list[uuid.UUID]:
                 ConnectionKeyAttempt.feedback.not_like(_LEGACY)
             ),
             "target_id",
+        ),
+        (
+            ConnectionKeyAttempt.select(ConnectionKeyAttempt.requester_id).where(
+                ConnectionKeyAttempt.id.is_in(
+                    ModerationDecision.select(ModerationDecision.attempt_id).where(
+                        ModerationDecision.reason.not_like(_LEGACY)
+                    )
+                )
+            ),
+            "requester_id",
         ),
     ]
     for query, column in queries:

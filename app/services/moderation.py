@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -19,12 +19,12 @@ from app.adapters.pubsub import PubSub
 from app.auth import Principal
 from app.db.engine import Database
 from app.db.key_store import KeyStore
-from app.db.moderation_store import AttemptFilter, DecisionRow, ModerationStore
+from app.db.moderation_store import AttemptFilter, DecisionRow, ModerationStore, open_reason, seal_reason
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.profile_store import ProfileStore
 from app.domain.audit_chain import AuditActor
 from app.domain.events import ConversationStatusChanged, EventType
-from app.domain.field_crypto import KeyDestroyedError
+from app.domain.field_crypto import KeyDestroyedError, Keyring, UserKeys, new_data_key
 from app.domain.moderation_contract import (
     AttemptDetail,
     AttemptPage,
@@ -133,6 +133,18 @@ def _matches(where: AttemptFilter, outcomes: list[QuestionOutcome]) -> bool:
     return where.flag is None or where.flag in flags
 
 
+class _ReasonKeys(NamedTuple):
+    """The keys a decision's reason is sealed with: its attempt's requester's (``None``: no such attempt)."""
+
+    requester: uuid.UUID | None
+    keyring: Keyring
+
+    def open(self, row: DecisionRow) -> DecisionRow:
+        if self.requester is None:
+            return msgspec.structs.replace(row, reason=None)
+        return open_reason(self.keyring, self.requester, row)
+
+
 class _AlreadyDecided(Exception):
     """Another request with the same Idempotency-Key stored its decision first: roll back, replay it."""
 
@@ -216,7 +228,11 @@ class ModerationService:
             record = msgspec.structs.replace(record, erased=[*record.erased, "questions"])
         questions = found[0].questions if found else []
         conversation = await self._profiles.get_conversation(row["conversation_id"])
-        decisions = await self._store.decisions(attempt_id)
+        requester = record.requester_id
+        keyring = await self._keys.encryption.keyring([requester])
+        decisions = [open_reason(keyring, requester, d) for d in await self._store.decisions(attempt_id)]
+        if decisions and keyring.is_destroyed(requester):  # reasons are sealed with the requester's key
+            record = msgspec.structs.replace(record, erased=[*record.erased, "decisions.reason"])
         detail = AttemptDetail(
             attempt=_summary(row, _outcomes.decode(row["breakdown"])),
             conversation_state=conversation.unlock_state if conversation else None,
@@ -259,13 +275,19 @@ class ModerationService:
         except ValueError as exc:
             raise ServiceError(ErrorCode.BAD_USER_INPUT, str(exc), field="reason") from None
         key_id = idempotency_id(principal.user_id, idempotency_key) if idempotency_key else None
+        # The reason is sealed with the requester's key, loaded (and created if need be) before the
+        # transaction, so a rolled-back transaction never leaves a cached key whose row is gone.
+        found = await self._store.attempt(attempt_id)
+        requester = found["requester_id"] if found else None
+        keyring = await self._keys.encryption.keyring([requester], create=True) if requester else Keyring()
+        keys = _ReasonKeys(requester, keyring)
         try:
-            result, status = await self._override(principal, attempt_id, data, reason, key_id)
+            result, status = await self._override(principal, attempt_id, data, reason, key_id, keys)
         except _AlreadyDecided:
             assert key_id is not None
             stored = await self._store.decision_by_idempotency(key_id)
             assert stored is not None  # the other transaction committed, or ours would have inserted
-            return self._replay(stored, attempt_id, data)
+            return self._replay(stored, attempt_id, data, reason, keys)
         if status is not None:
             self._on_events_written()
             await self._pubsub.publish(status_channel(status.conversation_id), self._encoder.encode(status))
@@ -280,8 +302,16 @@ class ModerationService:
         return result
 
     @staticmethod
-    def _replay(stored: DecisionRow, attempt_id: uuid.UUID, data: OverrideInput) -> OverrideResult:
-        if stored.attempt_id != attempt_id or stored.decision is not data.decision:
+    def _replay(
+        stored: DecisionRow, attempt_id: uuid.UUID, data: OverrideInput, reason: str, keys: _ReasonKeys
+    ) -> OverrideResult:
+        """The first answer to this key again, or CONFLICT when the key came with another request: another
+        attempt, decision or reason (once the requester is erased the reason cannot be compared)."""
+        reused = stored.attempt_id != attempt_id or stored.decision is not data.decision
+        if not reused:
+            stored = keys.open(stored)
+            reused = stored.reason is not None and stored.reason != reason
+        if reused:
             raise ServiceError(
                 ErrorCode.CONFLICT,
                 "This Idempotency-Key was already used for another request.",
@@ -295,6 +325,14 @@ class ModerationService:
             decision=_view(stored),
         )
 
+    async def _replay_if_decided(
+        self, key_id: uuid.UUID | None, attempt_id: uuid.UUID, data: OverrideInput, reason: str, keys: _ReasonKeys
+    ) -> OverrideResult | None:
+        if key_id is None:
+            return None
+        stored = await self._store.decision_by_idempotency(key_id)
+        return None if stored is None else self._replay(stored, attempt_id, data, reason, keys)
+
     async def _override(
         self,
         principal: Principal,
@@ -302,20 +340,30 @@ class ModerationService:
         data: OverrideInput,
         reason: str,
         key_id: uuid.UUID | None,
+        keys: _ReasonKeys,
     ) -> tuple[OverrideResult, ConversationStatusChanged | None]:
         now = self._clock()
         async with self._db.transaction():
-            if key_id is not None:
-                stored = await self._store.decision_by_idempotency(key_id)
-                if stored is not None:
-                    return self._replay(stored, attempt_id, data), None
+            if (replay := await self._replay_if_decided(key_id, attempt_id, data, reason, keys)) is not None:
+                return replay, None
             attempt = await self._store.attempt(attempt_id)
             if attempt is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "Attempt not found.", field="id")
             conversation = await self._profiles.get_conversation(attempt["conversation_id"])
             if conversation is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "The attempt's conversation no longer exists.")
-            outcome = await self._decide(data, attempt, conversation.unlock_state, now)
+            try:
+                outcome = await self._decide(data, attempt, conversation.unlock_state, now)
+            except ServiceError:
+                # A request with this key may have committed since the look above (PostgreSQL reads each
+                # statement's own snapshot): what we saw may be its doing, so it is a replay, not a refusal.
+                if (replay := await self._replay_if_decided(key_id, attempt_id, data, reason, keys)) is not None:
+                    return replay, None
+                raise
+            if not outcome.changed:
+                # Likewise: already so, perhaps because the same request just made it so.
+                if (replay := await self._replay_if_decided(key_id, attempt_id, data, reason, keys)) is not None:
+                    return replay, None
             actor = AuditActor.from_principal(principal)
             audited = {
                 "decision": data.decision.value,
@@ -340,13 +388,18 @@ class ModerationService:
                     decision=None,
                 )
                 return result, None
+            requester = attempt["requester_id"]
+            decision_id = uuid.uuid4()
+            sealer = keys.keyring
+            if sealer.is_destroyed(requester):  # erased: the reason is sealed under a key thrown away at once
+                sealer = Keyring({requester: UserKeys(new_data_key())})
             row = DecisionRow(
-                id=uuid.uuid4(),
+                id=decision_id,
                 attempt_id=attempt_id,
                 conversation_id=conversation.id,
                 moderator_id=principal.user_id,
                 decision=data.decision,
-                reason=reason,
+                reason=seal_reason(sealer, requester, decision_id, reason),
                 previous_state=conversation.unlock_state,
                 new_state=outcome.state,
                 retry_available_at=outcome.retry_available_at,
@@ -380,7 +433,7 @@ class ModerationService:
             replayed=False,
             conversation_id=conversation.id,
             unlock_state=outcome.state,
-            decision=_view(row),
+            decision=_view(open_reason(keys.keyring, requester, row)),
         )
         return result, status
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import socket
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +17,6 @@ import msgspec
 import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
 
 from app.adapters.audit_archive import AuditArchiveError
 from app.cli import ck
@@ -32,43 +28,7 @@ from app.services.audit_export import AuditExporter, AuditExportLoop, archive_fr
 from app.services.container import Services, open_services
 from app.settings import AuditSettings, Settings, SettingsError, _validate_audit, load_settings
 from tests.conftest import make_settings
-
-LOCKED, UNLOCKED = "ck-audit-locked", "ck-audit-plain"
-
-
-def _reset(endpoint: str) -> None:
-    # moto keeps one in-memory S3 per process, shared by every server it starts: start each test empty.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server with one Object Lock bucket and one plain bucket; credentials via the standard
-    AWS environment variables, as in production."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    _reset(endpoint)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket=LOCKED, ObjectLockEnabledForBucket=True)
-    s3.create_bucket(Bucket=UNLOCKED)
-    yield endpoint
-    _reset(endpoint)
-    server.stop()
+from tests.security.conftest import LOCKED, UNLOCKED
 
 
 def audit_settings(database_url: str, endpoint: str, bucket: str = LOCKED, **extra: Any) -> Settings:

@@ -33,6 +33,7 @@ MARKERS = {
     "consent": "CONSENTMARKER-44d0",
     "segment": "SEGMENTMARKER-5e1b",
     "answer": "ANSWERMARKER-c0de",
+    "reason": "REASONMARKER-3b7e",
 }
 KEK_1 = base64.b64encode(b"1" * 32).decode()
 KEK_2 = base64.b64encode(b"2" * 32).decode()
@@ -95,10 +96,17 @@ async def test_raw_rows_hold_no_plaintext_after_a_realistic_flow(api: Api) -> No
     assert outcome["attemptId"] and payload["questions"]
     attempt = await api.services.key_store.get_attempt(uuid.UUID(outcome["attemptId"]))
     assert attempt is not None and attempt.responses and all(MARKERS["answer"] in r.value for r in attempt.responses)
+    # A moderator's reason quoting the answers is sealed too (the requester's key).
+    override = await api.client.post(
+        f"/moderation/attempts/{outcome['attemptId']}/override",
+        json={"decision": "UNLOCK", "reason": f"Answered {MARKERS['answer']} {MARKERS['reason']}"},
+        headers=api.headers(uuid.uuid4(), extra_claims={"app_metadata": {"roles": ["moderator"]}}),
+    )
+    assert override.status_code == 201 and MARKERS["reason"] in override.json()["decision"]["reason"]
 
     tables = await _raw_tables(api)
     assert {"profiles", "connection_key_questions", "connection_key_attempts", "user_data_keys"} <= set(tables)
-    assert tables["connection_key_attempts"] and tables["connection_key_questions"]
+    assert tables["connection_key_attempts"] and tables["connection_key_questions"] and tables["moderation_decisions"]
     found = [
         (table, column, marker)
         for table, rows in tables.items()

@@ -17,6 +17,7 @@ import structlog
 
 from app.db.key_store import AttemptRow
 from app.db.tables import AuditLogEntry, ConnectionKeyAttempt, ConnectionKeyEvent, ModerationDecision
+from app.domain.field_crypto import is_ciphertext
 from app.domain.quiz import QuestionKind
 from app.domain.scoring import QuestionOutcome
 from app.services.unlock_orchestrator import status_channel
@@ -428,7 +429,8 @@ async def test_the_reason_never_reaches_the_logs(start: Start, database_url: str
     assert any(entry["event"] == "moderation override" for entry in logs)
     assert secret not in repr(logs) and "555-0100" not in repr(logs)
     stored = await ModerationDecision.select(ModerationDecision.reason).first().run()
-    assert stored["reason"] == secret
+    assert is_ciphertext(stored["reason"]) and "555-0100" not in stored["reason"]  # sealed at rest
+    assert response.json()["decision"]["reason"] == secret
     audit_rows = await AuditLogEntry.select().run()
     assert secret not in repr(audit_rows)  # the audit log holds only a keyed digest of the change
 
