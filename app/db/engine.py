@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import io
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,21 @@ class Database:
         log.info("migrations applied", steps=len(lines))
         return lines
 
-    def transaction(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
         """A write transaction. On SQLite it takes the write lock at BEGIN (``IMMEDIATE``), so two
         writers queue on the busy timeout instead of failing on lock upgrade."""
         if self.is_sqlite:
-            return self.engine.transaction(transaction_type=TransactionType.immediate)
-        return self.engine.transaction()
+            transaction = self.engine.transaction(transaction_type=TransactionType.immediate)
+        else:
+            transaction = self.engine.transaction()
+        outer = self.engine.current_transaction.get()
+        try:
+            async with transaction as entered:
+                yield entered
+        finally:
+            # Piccolo forgets its current transaction only when the commit or rollback succeeds. After a
+            # lost connection (the rollback raises too) it would keep the dead one, and every later
+            # transaction in this task (a consumer's, for its whole life) would nest into it and fail.
+            if self.engine.current_transaction.get() is not outer:
+                self.engine.current_transaction.set(outer)

@@ -205,7 +205,8 @@ class ModerationStore:
         return [row["submitted_at"] for row in rows]
 
     async def insert_decision(self, row: DecisionRow) -> bool:
-        """Insert ``row`` (its reason sealed already: :func:`seal_reason`); ``False`` when its idempotency id is taken (the request was already made)."""
+        """Insert ``row`` (its reason sealed already: :func:`seal_reason`); ``False`` when its idempotency
+        id is taken (the request was already made)."""
         values = msgspec.structs.asdict(row)
         values["decision"] = row.decision.value
         values["previous_state"] = row.previous_state.value

@@ -24,7 +24,9 @@ import msgspec
 import structlog
 from msgspec import Struct
 
+from app.adapters.event_bus import TransientHandlerError
 from app.db.device_store import DeviceRecord, DeviceStore
+from app.db.engine import DATABASE_OUTAGE_ERRORS
 from app.db.tables import utcnow
 from app.domain.events import ConversationStatusChanged, EventEnvelope, EventType, decode_payload
 from app.domain.quiz import UnlockState
@@ -246,8 +248,10 @@ class NotificationService:
 
     async def handle(self, envelopes: Sequence[EventEnvelope]) -> None:
         """Event-bus consumer (group ``push-notifications``): CONVERSATION_UNLOCKED and RETRY_AVAILABLE
-        events are delivered in the background, once per event id when ``processed`` is given. Never
-        raises: a push is not worth holding up the event stream."""
+        events are delivered in the background, once per event id when ``processed`` is given. Raises
+        only ``TransientHandlerError`` when the database is unreachable (the bus retries the batch, so the
+        pushes are sent once it is back); any other failure is logged and counted, because a push is not
+        worth holding up the event stream."""
         try:
             relevant = [e for e in envelopes if e.event_type in _NOTIFIED]
             if not relevant or not self.policy.enabled:
@@ -261,6 +265,10 @@ class NotificationService:
                 status = decode_payload(envelope)
                 assert isinstance(status, ConversationStatusChanged)
                 self.submit(status)
+        except DATABASE_OUTAGE_ERRORS as exc:
+            self.counts["errors"] += 1
+            log.warning("push events wait: database unreachable", error=type(exc).__name__, events=len(envelopes))
+            raise TransientHandlerError("database unreachable") from exc
         except Exception as exc:  # noqa: BLE001 - logged and counted, never raised into the bus
             self.counts["errors"] += 1
             log.error("push events not handled", error=type(exc).__name__, events=len(envelopes))

@@ -5,8 +5,10 @@ offset uncommitted, retries, and applies the event once the database is back.
 The app reaches the real PostgreSQL 16 (pgserver) through ``tests.tcp_proxy.TcpProxy``; cutting the proxy
 drops every pooled connection and refuses new ones, as a network partition or a database restart would. The
 QUIZ_COMPLETED event is fabricated for a real conversation and published with the app's own bus (so the
-app's record encoding and headers): the orchestrator needs only the conversation row, and the test knows
-exactly when the event arrives relative to the outage.
+app's record encoding and headers): the orchestrator needs only the conversation row. A table lock taken
+on a direct connection holds the orchestrator's first INSERT in the server, so the cut lands deterministically
+inside its transaction: the statement in flight is lost and the rollback fails too. (That once wedged the
+consumer for good: Piccolo kept the dead transaction as the task's current one; see ``Database.transaction``.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -122,8 +125,9 @@ async def test_a_database_outage_while_applying_an_event_loses_and_dead_letters_
     kafka_server: KafkaTestServer,
     kafka_topic: str,
 ) -> None:
-    """Cut PostgreSQL (by the proxy) once the group is idle, publish a QUIZ_COMPLETED, watch the consumer retry
-    for a few seconds without committing or dead-lettering, restore: the conversation unlocks, once."""
+    """Publish a QUIZ_COMPLETED, cut PostgreSQL (by the proxy) while the orchestrator's transaction is in the
+    server, watch the consumer retry for a few seconds without committing or dead-lettering, restore: the
+    conversation unlocks, once."""
     async with contextlib.AsyncExitStack() as stack:
         await _outage_scenario(stack, postgres_url, postgres_proxy, api_factory, kafka_server, kafka_topic)
 
@@ -187,25 +191,45 @@ async def _outage_scenario(
     )
     envelope = new_envelope(EventType.QUIZ_COMPLETED, conversation, event, now)
 
+    # Catch the orchestrator inside its transaction: a direct connection (not through the proxy) locks
+    # processed_events against writes, so the event's first INSERT waits in the server ...
+    direct = await asyncpg.connect(postgres_url)
+    stack.push_async_callback(direct.close)
+    blocker = direct.transaction()
+    await blocker.start()
+    await direct.execute("LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE")
+    await bus.publish([envelope])
+
+    async def in_flight() -> bool:
+        waiting = await direct.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return waiting > 0
+
+    await api.eventually(in_flight, timeout=15.0)
+    # ... when the database goes away: the statement in flight, and every connection, are lost.
     proxy.cut()
+    await blocker.rollback()
     ready = await api.client.get("/ready")
     assert ready.status_code == 503, ready.text
     assert ready.json()["checks"]["database"] is False
 
-    await bus.publish([envelope])  # Kafka is up; only the database is away
-
     # The consumer fails on the database, seeks back and retries, more than once, without giving up.
-    failures: set[str] = set()
+    failures: dict[str, str] = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + OUTAGE_SECONDS
     while loop.time() < deadline:
         stats = group()
         if stats["lastErrorAt"] and stats["lastErrorAt"] != before["lastErrorAt"]:
             assert stats["lastError"].startswith("_RetryLater"), stats["lastError"]
-            failures.add(stats["lastErrorAt"])
+            failures[stats["lastErrorAt"]] = stats["lastError"]
         await asyncio.sleep(0.02)
     during = group()
     assert len(failures) >= 2, f"the consumer retried {len(failures)} times: {during}"
+    # The first failure is asyncpg's (the statement in flight lost, then the rollback refused), not a plain
+    # ConnectionError: it was retried at once as transient only because of DATABASE_OUTAGE_ERRORS.
+    first = failures[min(failures)]
+    assert first.startswith(("_RetryLater: InterfaceError", "_RetryLater: ConnectionDoesNotExistError")), failures
     assert during["processed"] == before["processed"]
     assert await offsets.end() == committed_before + 1  # the event is on the topic ...
     assert await offsets.committed() == committed_before  # ... and its offset is not committed

@@ -83,9 +83,11 @@ async def test_rotation_reseals_the_reason_and_seals_legacy_plaintext(api: Api) 
     # A decision from before the reason was sealed: plaintext written straight into the table.
     legacy = await api.client.post(f"{url}/override", json={"decision": "LOCK", "reason": "legacy"}, headers=headers)
     legacy_id = legacy.json()["decision"]["id"]
-    await ModerationDecision.update({ModerationDecision.reason: f"{SECRET} (legacy)"}).where(
-        ModerationDecision.id == legacy_id
-    ).run()
+    await (
+        ModerationDecision.update({ModerationDecision.reason: f"{SECRET} (legacy)"})
+        .where(ModerationDecision.id == legacy_id)
+        .run()
+    )
     services = api.services
     rotation = KeyRotation(services.db, services.encryption, services.audit, services.clock)
 
