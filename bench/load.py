@@ -36,7 +36,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
 
+from answer_keys import read_answer_keys  # noqa: E402
 from procstat import CLK_TCK, client_cpu_seconds, descendants, free_port, proc_cpu_seconds  # noqa: E402
 from httpload import CpuWindow, PhaseResult, build_request, closed_loop, open_loop, request_many  # noqa: E402
 
@@ -508,20 +508,8 @@ class Bench:
         return got
 
     def attach_answers(self, keys: list[Key]) -> None:
-        """The API never returns answer keys; read them from the SQLite file (benchmark only)."""
-        by_id: dict[str, str | None] = {}
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
-        try:
-            ids = [k.id for k in keys]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = con.execute(
-                    "SELECT id, answer_key FROM connection_key_questions WHERE connection_key_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk,
-                ).fetchall()
-                by_id.update((str(r[0]), r[1]) for r in rows)
-        finally:
-            con.close()
+        """The API never returns answer keys; open them through the service's stores (benchmark only)."""
+        by_id = read_answer_keys(f"sqlite:///{self.db_path}", [k.id for k in keys])
         fail = self.args.fail_fraction
         for key in keys:
             wrong = fail > 0 and self.rng.random() < fail

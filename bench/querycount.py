@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import sys
 import tempfile
 import uuid
@@ -23,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from answer_keys import read_answer_keys  # noqa: E402
 
 LOG: list[str] = []
 
@@ -103,10 +105,7 @@ async def main(show_sql: bool) -> None:
                        headers={**service, "Content-Type": "application/json"}))
 
         def answers_for(doc: dict) -> list[dict]:
-            con = sqlite3.connect(workdir / "db.sqlite3")
-            keys = dict(con.execute("SELECT id, answer_key FROM connection_key_questions WHERE connection_key_id = ?",
-                                    (doc["id"],)).fetchall())
-            con.close()
+            keys = read_answer_keys(f"sqlite:///{workdir / 'db.sqlite3'}", [doc["id"]])
             return [{"questionId": q["id"], "value": keys[q["id"]] or FREE_TEXT, "elapsedMs": 1500}
                     for q in doc["questions"]]
 

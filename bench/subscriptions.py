@@ -43,7 +43,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
+from answer_keys import read_answer_keys  # noqa: E402
 from procstat import client_cpu_seconds, descendants, free_port, loadavg, proc_cpu_seconds  # noqa: E402
 from httpload import CpuWindow, build_request, open_conn, percentile, request_many  # noqa: E402
 
@@ -426,20 +426,8 @@ class Bench:
         return convs
 
     def attach_answers(self, convs: list[Conversation]) -> None:
-        """The API never returns answer keys: read them from the SQLite file (benchmark only)."""
-        by_id: dict[str, str | None] = {}
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
-        try:
-            ids = [c.key_id for c in convs]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = con.execute(
-                    "SELECT id, answer_key FROM connection_key_questions WHERE connection_key_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk,
-                ).fetchall()
-                by_id.update((str(r[0]), r[1]) for r in rows)
-        finally:
-            con.close()
+        """The API never returns answer keys: open them through the service's stores (benchmark only)."""
+        by_id = read_answer_keys(f"sqlite:///{self.db_path}", [c.key_id for c in convs])
         assert self.service is not None
         for c in convs:
             answers = []
