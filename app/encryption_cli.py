@@ -109,14 +109,22 @@ def rotate_data(batch_size: int, max_batches: int | None, before: datetime | Non
 @keys.command(help="Data keys per KEK (current and previous generation) and erased users.")
 def status() -> None:
     async def work(services: Any) -> Any:
-        return services.encryption.keks.active_key_id, await services.encryption.store.count_by_kek()
+        from app.services.key_rotation import legacy_plaintext_left
 
-    active, counts = _services_run(work)
+        keks = services.encryption.keks
+        return keks.active_key_id, await services.encryption.store.count_by_kek(), await legacy_plaintext_left()
+
+    active, counts, legacy = _services_run(work)
     click.echo(f"active KEK: {active}")
     for kek in sorted(set(counts.current) | set(counts.previous)):
         marker = "" if kek == active else "  (not active: re-wrap with `ck keys rotate`)"
         click.echo(f"{kek}\tcurrent={counts.current.get(kek, 0)}\tprevious={counts.previous.get(kek, 0)}{marker}")
     click.echo(f"erased users: {counts.destroyed}")
+    click.echo(
+        "legacy plaintext: some left (run `ck keys rotate`; keep encryption.legacy_plaintext = read)"
+        if legacy
+        else "legacy plaintext: none (encryption.legacy_plaintext = refuse is safe)"
+    )
 
 
 @click.group(name="users", help="User administration.")

@@ -363,6 +363,11 @@ class EncryptionSettings(_Section):
     instances may still decrypt that user's values for up to this long (``0`` disables the cache)."""
     data_key_cache_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     """Most unwrapped data keys kept in memory (least recently used go first)."""
+    legacy_plaintext: Literal["read", "refuse"] = "read"
+    """What a read does with a value stored before encryption existed (no ``ck1.`` prefix): ``read``
+    returns it as it is, so an upgraded database keeps working until ``ck keys rotate`` seals it;
+    ``refuse`` treats it as tampering (someone with write access planting plaintext). Set ``refuse``
+    once ``ck keys status`` reports no legacy plaintext left, and on every new installation."""
 
 
 class AuditSettings(_Section):

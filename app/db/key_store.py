@@ -156,7 +156,7 @@ def seal_breakdown(
     decoded = _lines.decode(lines)
     for line in decoded:
         if line.get("feedback") is not None:
-            line["feedback"] = keyring.seal(owner, ref, (opener or keyring).open(owner, ref, line["feedback"]))
+            line["feedback"] = keyring.reseal(owner, ref, line["feedback"], opener)
     return _json.encode(decoded).decode()
 
 
@@ -174,18 +174,14 @@ def _open_breakdown(
     return decoded, erased
 
 
-def _reseal(keyring: Keyring, owner: uuid.UUID, ref: FieldRef, stored: str) -> str:
-    return keyring.seal(owner, ref, keyring.open(owner, ref, stored))
-
-
 def seal_attempt(keyring: Keyring, row: AttemptRow) -> AttemptRow:
     """Seal an attempt row's PII: responses and breakdown feedback (requester's key), feedback
     (target's key). Values already sealed with an older key, or legacy plaintext, are re-sealed."""
     requester, target = row.requester_id, row.target_id
     return msgspec.structs.replace(
         row,
-        responses=_reseal(keyring, requester, FieldRef(ATTEMPT_TABLE, "responses", row.id), row.responses),
-        feedback=_reseal(keyring, target, FieldRef(ATTEMPT_TABLE, "feedback", row.id), row.feedback),
+        responses=keyring.reseal(requester, FieldRef(ATTEMPT_TABLE, "responses", row.id), row.responses),
+        feedback=keyring.reseal(target, FieldRef(ATTEMPT_TABLE, "feedback", row.id), row.feedback),
         breakdown=seal_breakdown(keyring, requester, row.id, "breakdown", row.breakdown),
         shadow_breakdown=seal_breakdown(keyring, requester, row.id, "shadow_breakdown", row.shadow_breakdown),
     )

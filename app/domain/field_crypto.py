@@ -188,8 +188,9 @@ class UserKeys:
 class Keyring:
     """The data keys of the users one operation touches, by user id."""
 
-    def __init__(self, keys: Mapping[uuid.UUID, UserKeys] | None = None) -> None:
+    def __init__(self, keys: Mapping[uuid.UUID, UserKeys] | None = None, *, read_plaintext: bool = True) -> None:
         self._keys: dict[uuid.UUID, UserKeys] = dict(keys or {})
+        self._read_plaintext = read_plaintext
 
     def add(self, user_id: uuid.UUID, keys: UserKeys) -> None:
         self._keys[user_id] = keys
@@ -223,8 +224,11 @@ class Keyring:
 
     def open(self, owner: uuid.UUID, ref: FieldRef, stored: str) -> str:
         """Decrypt a stored value. Legacy plaintext (stored before encryption, not yet converted by
-        ``litestar ck keys rotate``) is returned as it is."""
+        ``litestar ck keys rotate``) is returned as it is, unless this keyring refuses plaintext: then it
+        is a :class:`DecryptionError`, since a sealed column holding plaintext means someone wrote it there."""
         if not is_ciphertext(stored):
+            if not self._read_plaintext:
+                raise DecryptionError("plaintext found where a sealed value is required")
             return stored
         keys = self._keys_of(owner)
         key_id = token_key_id(stored)
@@ -232,6 +236,13 @@ class Keyring:
             if key is not None and key.key_id == key_id:
                 return decrypt_value(key, stored, ref)
         raise UnknownKeyError("value names a data key this owner does not hold")
+
+    def reseal(self, owner: uuid.UUID, ref: FieldRef, value: str, opener: Keyring | None = None) -> str:
+        """Seal ``value`` with the owner's current key: a writer's (or a rotation's) plaintext as it is, a
+        value sealed earlier after opening it with ``opener`` (default this keyring). Plaintext is
+        expected input here, whatever this keyring's read policy."""
+        plaintext = (opener or self).open(owner, ref, value) if is_ciphertext(value) else value
+        return self.seal(owner, ref, plaintext)
 
     def open_optional(self, owner: uuid.UUID, ref: FieldRef, stored: str | None) -> str | None:
         return None if stored is None else self.open(owner, ref, stored)

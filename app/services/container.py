@@ -204,6 +204,7 @@ async def open_services(
             clock,
             cache_seconds=settings.encryption.data_key_cache_seconds,
             cache_size=settings.encryption.data_key_cache_size,
+            read_plaintext=settings.encryption.legacy_plaintext == "read",
         )
         profile_store, key_store, outbox = ProfileStore(encryption), KeyStore(encryption), OutboxStore()
         relay = OutboxRelay(outbox, bus, clock)

@@ -75,10 +75,12 @@ class FieldEncryption:
         *,
         cache_seconds: float = 60.0,
         cache_size: int = 10_000,
+        read_plaintext: bool = True,
     ) -> None:
         self.keks = keks
         self.store = store
         self._clock = clock
+        self._read_plaintext = read_plaintext
         self._cache = _TtlCache(cache_seconds, cache_size)
 
     async def unwrap(self, row: DataKeyRow) -> UserKeys:
@@ -98,7 +100,7 @@ class FieldEncryption:
         """The keys of ``user_ids`` in at most one read (two when keys are created). With ``create``, a
         user without a key gets one; an erased user's keys stay destroyed (sealing then raises
         :class:`app.domain.field_crypto.KeyDestroyedError`). Without ``create`` such users are absent."""
-        keyring = Keyring()
+        keyring = Keyring(read_plaintext=self._read_plaintext)
         missing = []
         for user_id in set(user_ids):
             cached = self._cache.get(user_id)

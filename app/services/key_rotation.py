@@ -36,7 +36,7 @@ from app.services.encryption import FieldEncryption, owner_context
 if TYPE_CHECKING:
     from app.services.audit import AuditLog
 
-__all__ = ["KeyRotation", "RotationReport"]
+__all__ = ["KeyRotation", "RotationReport", "legacy_plaintext_left"]
 
 log = structlog.get_logger(__name__)
 _lines = msgspec.json.Decoder(list[dict[str, Any]])
@@ -60,7 +60,7 @@ def _convert(owner: uuid.UUID, ref: FieldRef, stored: str | None, opener: Keyrin
     if opener.is_destroyed(owner):
         # Erased owner: sealed values are unreadable already; leftover plaintext is shredded the same way.
         return stored if is_ciphertext(stored) else sealer.seal(owner, ref, stored)
-    return sealer.seal(owner, ref, opener.open(owner, ref, stored))
+    return sealer.reseal(owner, ref, stored, opener)
 
 
 def _convert_lines(owner: uuid.UUID, ref: FieldRef, stored: Any, opener: Keyring, sealer: Keyring) -> str:
@@ -126,6 +126,12 @@ async def _reseal_user(user_id: uuid.UUID, opener: Keyring, sealer: Keyring) -> 
         await _update_if_unchanged(d, "id", row, "reason", {"reason": reason})
         touched += 1
     return touched
+
+
+async def legacy_plaintext_left() -> bool:
+    """Whether any value written before field encryption is still plaintext (``ck keys rotate`` seals it);
+    until it is ``False``, ``encryption.legacy_plaintext`` must stay ``read``."""
+    return bool(await _legacy_owners(1))
 
 
 async def _legacy_owners(limit: int) -> list[uuid.UUID]:

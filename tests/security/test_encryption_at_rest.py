@@ -20,7 +20,7 @@ import pytest
 from app.db.tables import Profile, UserDataKey
 from app.domain.field_crypto import DecryptionError, FieldRef, KeyDestroyedError, is_ciphertext
 from app.services.audit import verify_chain
-from app.services.key_rotation import KeyRotation
+from app.services.key_rotation import KeyRotation, legacy_plaintext_left
 from app.settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
 from tests.integration.conftest import Api, api, api_factory  # noqa: F401 - the running-app fixtures
@@ -96,7 +96,17 @@ async def test_raw_rows_hold_no_plaintext_after_a_realistic_flow(api: Api) -> No
     assert outcome["attemptId"] and payload["questions"]
     attempt = await api.services.key_store.get_attempt(uuid.UUID(outcome["attemptId"]))
     assert attempt is not None and attempt.responses and all(MARKERS["answer"] in r.value for r in attempt.responses)
-    # A moderator's reason quoting the answers is sealed too (the requester's key).
+    # A moderator's reason quoting the answers is sealed too (the requester's key). The orchestrator applies
+    # the attempt's outcome to the conversation in the background: wait for it, so the override does not
+    # race it (a state changed under a decision is a 409), then unlock.
+    conversation = uuid.UUID(payload["conversationId"])
+
+    async def applied() -> bool:
+        record = await api.services.profile_store.get_conversation(conversation)
+        return record is not None and record.unlock_state.value == outcome["unlockState"]
+
+    await api.eventually(applied)
+    assert outcome["unlockState"] != "UNLOCKED"  # the markers are not the right answers
     override = await api.client.post(
         f"/moderation/attempts/{outcome['attemptId']}/override",
         json={"decision": "UNLOCK", "reason": f"Answered {MARKERS['answer']} {MARKERS['reason']}"},
@@ -266,6 +276,21 @@ async def test_data_rotation_reseals_with_fresh_keys_and_legacy_plaintext_gets_s
     assert [q.prompt for q in quiz.questions] == [q["prompt"] for q in payload["questions"]]
     attempt = await services.key_store.get_attempt(uuid.UUID(outcome["attemptId"]))
     assert attempt is not None and all(MARKERS["answer"] in r.value for r in attempt.responses or [])
+
+
+@pytest.mark.asyncio
+async def test_refuse_mode_treats_planted_plaintext_as_tampering(api_factory: Start, database_url: str) -> None:
+    """With ``legacy_plaintext = "refuse"``, plaintext written into a sealed column (by someone with
+    database access) is not served as the user's data; in ``read`` mode the same row reads as it is."""
+    api = await api_factory(make_settings(database_url, encryption={"legacy_plaintext": "refuse"}))
+    _, bob, _, _ = await _flow(api)
+    services = api.services
+    assert not await legacy_plaintext_left()
+    planted = "planted by someone with write access"
+    await Profile.update({Profile.bio: planted}).where(Profile.user_id == bob).run()
+    services.encryption.clear_cache()
+    with pytest.raises(DecryptionError):
+        await services.profile_store.get_profile(bob)
 
 
 def _base_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -130,3 +130,16 @@ def test_keyring_previous_key_legacy_plaintext_and_destroyed_owner() -> None:
     with pytest.raises(UnknownKeyError):
         keyring.open(stranger, REF, before)
     assert keyring.seal_columns(owner, "profiles", ROW, {"bio": None}) == {"bio": None}
+
+
+def test_a_refusing_keyring_rejects_plaintext_reads_but_reseal_takes_a_writers_plaintext() -> None:
+    owner = uuid.uuid4()
+    old, new = new_data_key(), new_data_key()
+    refusing = Keyring({owner: UserKeys(new, previous=old)}, read_plaintext=False)
+    with pytest.raises(DecryptionError):
+        refusing.open(owner, REF, "planted plaintext")
+    fresh = refusing.reseal(owner, REF, "a writer's plaintext")
+    assert token_key_id(fresh) == new.key_id and refusing.open(owner, REF, fresh) == "a writer's plaintext"
+    older = Keyring({owner: UserKeys(old)}).seal(owner, REF, "sealed before the rotation")
+    moved = refusing.reseal(owner, REF, older)
+    assert token_key_id(moved) == new.key_id and refusing.open(owner, REF, moved) == "sealed before the rotation"
