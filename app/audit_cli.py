@@ -59,7 +59,9 @@ def verify(batch_size: int | None, against_archive: bool) -> None:
         if not against_archive:
             return chain, None
         archive = archive_from_settings(services.settings.audit)
-        return chain, await check_archive(store, archive, size, shown)
+        return chain, await check_archive(
+            store, archive, size, shown, retention_days=services.settings.audit.retention_days
+        )
 
     try:
         report, archived = _run(work)

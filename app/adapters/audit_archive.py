@@ -22,7 +22,7 @@ from app.domain.audit_segment import SealedSegment, SegmentManifest, manifest_ke
 __all__ = ["AuditArchiveError", "S3AuditArchive"]
 
 log = structlog.get_logger(__name__)
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
 
 class AuditArchiveError(Exception):
@@ -112,20 +112,38 @@ class S3AuditArchive:
         body = await self.get(keys[0])
         return keys[0], msgspec.json.decode(body, type=SegmentManifest)
 
-    async def get(self, key: str) -> bytes:
-        answer = await self._call("get_object", Bucket=self.bucket, Key=key)
+    async def get(self, key: str, version_id: str | None = None) -> bytes:
+        """The object's bytes: the latest version, or ``version_id``."""
+        version = {"VersionId": version_id} if version_id else {}
+        answer = await self._call("get_object", Bucket=self.bucket, Key=key, **version)
         return await asyncio.to_thread(answer["Body"].read)
 
-    async def get_if_present(self, key: str) -> bytes | None:
-        """The object's bytes, or ``None`` when the bucket has no object under ``key``."""
+    async def get_if_present(self, key: str, version_id: str | None = None) -> bytes | None:
+        """The object's bytes, or ``None`` when the bucket has no object (or no such version) under ``key``."""
         try:
-            return await self.get(key)
+            return await self.get(key, version_id)
         except AuditArchiveError as exc:
-            cause = exc.__cause__
-            code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-            if code in _MISSING_CODES:
+            if _missing(exc):
                 return None
             raise
+
+    async def head_if_present(self, key: str, version_id: str | None = None) -> dict[str, Any] | None:
+        """``VersionId``, ``LastModified`` and the Object Lock retention (``Mode``, ``RetainUntilDate``,
+        ``None`` when unlocked) of the latest version or of ``version_id``; ``None`` when there is no such
+        object or version (or the latest version is a delete marker)."""
+        version = {"VersionId": version_id} if version_id else {}
+        try:
+            answer = await self._call("head_object", Bucket=self.bucket, Key=key, **version)
+        except AuditArchiveError as exc:
+            if _missing(exc):
+                return None
+            raise
+        return {
+            "VersionId": answer.get("VersionId"),
+            "LastModified": answer.get("LastModified"),
+            "Mode": answer.get("ObjectLockMode"),
+            "RetainUntilDate": answer.get("ObjectLockRetainUntilDate"),
+        }
 
     async def segment_keys(self) -> list[str]:
         """Every object key under ``<prefix>segments/`` (all pages of the listing)."""
@@ -149,3 +167,9 @@ class S3AuditArchive:
         every S3-compatible server returns; not all implement ``GetObjectRetention``)."""
         answer = await self._call("head_object", Bucket=self.bucket, Key=key)
         return {"Mode": answer.get("ObjectLockMode"), "RetainUntilDate": answer.get("ObjectLockRetainUntilDate")}
+
+
+def _missing(exc: AuditArchiveError) -> bool:
+    cause = exc.__cause__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+    return code in _MISSING_CODES

@@ -7,12 +7,21 @@ to the one before it, and every archived entry is byte for byte (canonical encod
 the same sequence. Each failing segment yields its first mismatch; checking goes on with the next
 segment (links are taken from the records, so one bad segment does not condemn the rest). Objects under
 the prefix that no record names (an upload that finished just before a crash) are reported as info.
+
+The body is read by its recorded ``version_id`` (when there is one), and a newer version put over that
+key is a mismatch even when its bytes are the same. The version read of the body and of the manifest
+(the latest; its version is not recorded) must be under COMPLIANCE Object Lock until at least
+``retention_days`` after it was archived: the earlier of the record's ``sealed_at`` (written just after
+the upload) and the version's ``LastModified``, less :data:`_SLACK`. Retention is read from
+``head_object``, as not every S3-compatible server implements ``GetObjectRetention``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
 
 import msgspec
 
@@ -24,6 +33,9 @@ from app.domain.audit_segment import SegmentManifest
 __all__ = ["ArchiveMismatch", "ArchiveReport", "SegmentCheck", "check_archive"]
 
 _ENTRY = msgspec.json.Decoder(AuditEntry)
+_SLACK = timedelta(hours=1)
+"""Allowed shortfall of a retain-until date: the exporter computes it before the upload and the server
+keeps it to the second, and this host's and the server's clocks may differ a little."""
 _MANIFEST_FIELDS = ("first_sequence", "last_sequence", "entry_count", "first_previous_hash", "last_entry_hash")
 
 
@@ -68,10 +80,13 @@ async def check_archive(
     archive: S3AuditArchive,
     batch_size: int,
     progress: Callable[[SegmentCheck], None] | None = None,
+    *,
+    retention_days: int,
 ) -> ArchiveReport:
     """Check every recorded segment against its archived copy and the database (``batch_size`` rows per
-    query). Raises :class:`app.adapters.audit_archive.AuditArchiveError` when the bucket cannot be read
-    at all; an object merely absent is a mismatch, not an error."""
+    query), and its objects' Object Lock against ``retention_days`` (``audit.retention_days``). Raises
+    :class:`app.adapters.audit_archive.AuditArchiveError` when the bucket cannot be read at all; an object
+    merely absent is a mismatch, not an error."""
     records = await store.segments()
     archives: dict[str, S3AuditArchive] = {}
     mismatches: list[ArchiveMismatch] = []
@@ -81,7 +96,7 @@ async def check_archive(
         bucket = archives.setdefault(record.bucket, archive.for_bucket(record.bucket))
         mismatch = _link(record, expected_sequence, expected_hash)
         if mismatch is None:
-            mismatch = await _check_segment(record, bucket, store, batch_size)
+            mismatch = await _check_segment(record, bucket, store, batch_size, retention_days)
         if mismatch is None:
             entries += record.entry_count
         else:
@@ -113,15 +128,36 @@ def _link(record: SegmentRecord, expected_sequence: int, expected_hash: str) -> 
     return None
 
 
+def _lock_problem(what: str, url: str, head: dict[str, Any], record: SegmentRecord, retention_days: int) -> str | None:
+    mode, until, modified = head["Mode"], head["RetainUntilDate"], head["LastModified"]
+    name = f"{what} {url} (version {head['VersionId']})"
+    if mode is None or until is None:
+        return f"{name} is not locked (no Object Lock retention)"
+    if mode != "COMPLIANCE":
+        return f"{name} is not locked in COMPLIANCE mode (mode {mode})"
+    archived = min(record.sealed_at, modified) if modified is not None else record.sealed_at
+    if until < archived + timedelta(days=retention_days) - _SLACK:
+        return (
+            f"{name} retention too short: locked until {until.isoformat()}, less than {retention_days} days "
+            f"after it was archived ({archived.isoformat()})"
+        )
+    return None
+
+
 async def _check_segment(
-    record: SegmentRecord, archive: S3AuditArchive, store: AuditStore, batch_size: int
+    record: SegmentRecord, archive: S3AuditArchive, store: AuditStore, batch_size: int, retention_days: int
 ) -> ArchiveMismatch | None:
     def mismatch(problem: str, sequence: int | None = None) -> ArchiveMismatch:
         return ArchiveMismatch(record.first_sequence, record.last_sequence, sequence, problem)
 
-    raw_manifest = await archive.get_if_present(record.manifest_key)
-    if raw_manifest is None:
-        return mismatch(f"manifest s3://{record.bucket}/{record.manifest_key} is missing from the bucket")
+    manifest_url = f"s3://{record.bucket}/{record.manifest_key}"
+    body_url = f"s3://{record.bucket}/{record.object_key}"
+    manifest_head = await archive.head_if_present(record.manifest_key)
+    raw_manifest = None
+    if manifest_head is not None:  # read the very version whose lock is checked below
+        raw_manifest = await archive.get_if_present(record.manifest_key, manifest_head["VersionId"])
+    if manifest_head is None or raw_manifest is None:
+        return mismatch(f"manifest {manifest_url} is missing from the bucket")
     try:
         manifest = msgspec.json.decode(raw_manifest, type=SegmentManifest)
     except msgspec.DecodeError as exc:
@@ -132,11 +168,27 @@ async def _check_segment(
     if differs:
         return mismatch(f"manifest differs from the recorded segment in: {', '.join(differs)}")
 
-    body = await archive.get_if_present(record.object_key)
-    if body is None:
-        return mismatch(f"body s3://{record.bucket}/{record.object_key} is missing from the bucket")
+    pinned = record.version_id
+    body_head = await archive.head_if_present(record.object_key, pinned)
+    body = None
+    if body_head is not None:
+        body = await archive.get_if_present(record.object_key, pinned or body_head["VersionId"])
+    if body_head is None or body is None:
+        version = f" (recorded version {pinned})" if pinned else ""
+        return mismatch(f"body {body_url}{version} is missing from the bucket")
+    if pinned:
+        latest = await archive.head_if_present(record.object_key)
+        if latest is None or latest["VersionId"] != pinned:
+            newer = f"version {latest['VersionId']}" if latest is not None else "a delete marker"
+            return mismatch(
+                f"body {body_url} was overwritten: its latest version is {newer}, not the recorded {pinned}"
+            )
     if hashlib.sha256(body).hexdigest() != manifest.body_sha256:
         return mismatch("body SHA-256 differs from the manifest's and the recorded one")
+    for what, url, head in (("manifest", manifest_url, manifest_head), ("body", body_url, body_head)):
+        problem = _lock_problem(what, url, head, record, retention_days)
+        if problem is not None:
+            return mismatch(problem)
 
     lines = [line for line in body.split(b"\n") if line]
     archived: list[AuditEntry] = []

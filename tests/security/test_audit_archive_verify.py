@@ -1,7 +1,8 @@
 """``litestar ck audit verify --against-archive`` against a real S3-compatible server (moto's) with
 Object Lock: a clean archive verifies (an unrecorded upload is only info), database rows rewritten after
-export are named by segment and sequence, objects missing from the bucket fail, and the exporter refuses
-to seal a range that does not link to the previous sealed segment."""
+export are named by segment and sequence, objects missing from the bucket fail, a recorded object not
+under COMPLIANCE retention of audit.retention_days or with a newer version put over it fails, and the
+exporter refuses to seal a range that does not link to the previous sealed segment."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def _verify_cli(settings: Settings) -> Any:
 
 
 async def _check(services: Services) -> ArchiveReport:
-    return await check_archive(services.audit.store, archive_from_settings(services.settings.audit), 3)
+    archive = archive_from_settings(services.settings.audit)
+    return await check_archive(services.audit.store, archive, 3, retention_days=services.settings.audit.retention_days)
 
 
 async def _seal_next(services: Services, count: int) -> SealedSegment:
@@ -59,7 +61,7 @@ async def _seal_next(services: Services, count: int) -> SealedSegment:
     return seal_segment(entries, last.last_entry_hash, last.last_sequence + 1, "audit/")
 
 
-async def _record_only(services: Services, segment: SealedSegment) -> None:
+async def _record_only(services: Services, segment: SealedSegment, version_id: str | None = None) -> None:
     """Record a segment in ``audit_segments`` as the exporter would, whatever is in the bucket."""
     m = segment.manifest
     now = datetime.now(UTC)
@@ -76,7 +78,7 @@ async def _record_only(services: Services, segment: SealedSegment) -> None:
                 bucket=LOCKED,
                 object_key=m.body_key,
                 manifest_key=manifest_key("audit/", m.first_sequence, m.last_sequence),
-                version_id=None,
+                version_id=version_id,
                 retain_until=now + timedelta(days=400),
                 sealed_at=now,
             )
@@ -161,15 +163,20 @@ def test_a_chain_rewritten_end_to_end_still_disagrees_with_the_archive(database_
     assert "previous_hash" in report.mismatches[1].problem
 
 
-def _put_locked(s3: Any, key: str, body: bytes) -> None:
-    s3.put_object(
+def _put_locked(s3: Any, key: str, body: bytes, days: int | None = 400) -> str:
+    """Put ``body`` under ``key`` (under COMPLIANCE retention of ``days``, or unlocked for ``None``);
+    returns the new version's id."""
+    lock: dict[str, Any] = {}
+    if days is not None:
+        lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days)}
+    answer = s3.put_object(
         Bucket=LOCKED,
         Key=key,
         Body=body,
         ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
-        ObjectLockMode="COMPLIANCE",
-        ObjectLockRetainUntilDate=datetime.now(UTC) + timedelta(days=400),
+        **lock,
     )
+    return answer["VersionId"]
 
 
 def test_objects_missing_from_the_bucket_are_caught(database_url: str, s3_endpoint: str) -> None:
@@ -214,6 +221,57 @@ def test_objects_missing_from_the_bucket_are_caught(database_url: str, s3_endpoi
     assert "archive mismatch in segment 5-8: manifest s3://" in result.output
     assert "2 of 3 segments disagree" in result.output
     assert "segment 9-12 (s3://" in result.output and "body s3://" in result.output
+
+
+def test_unlocked_short_retention_and_overwritten_objects_are_caught(database_url: str, s3_endpoint: str) -> None:
+    """1-4 exported and intact; 5-8 exported, then a newer version (same bytes, unlocked: moto allows it
+    over a locked key) put over its body; 9-12 put with no Object Lock at all, 13-16 with its body locked
+    for 30 days only, both recorded (with the body's version) as if exported."""
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    async def run() -> tuple[ArchiveReport, list[SegmentRecord], str]:
+        async with open_services(settings, background=False) as services:
+            await record(services, 8)
+            exported = await exporter(services).export()  # 1-4 and 5-8
+            body_key = exported[1].object_key
+            newer = _put_locked(s3, body_key, s3.get_object(Bucket=LOCKED, Key=body_key)["Body"].read(), None)
+            await record(services, 8)
+            for manifest_days, body_days in ((None, None), (400, 30)):
+                segment = await _seal_next(services, 4)
+                m = segment.manifest
+                key = manifest_key("audit/", m.first_sequence, m.last_sequence)
+                _put_locked(s3, key, segment.manifest_bytes, manifest_days)
+                await _record_only(services, segment, _put_locked(s3, m.body_key, segment.body, body_days))
+            return await _check(services), await services.audit.store.segments(), newer
+
+    report, segments, newer = asyncio.run(run())
+    assert report.entries == 4 and report.unrecorded == []
+    body = {s.first_sequence: (f"s3://{LOCKED}/{s.object_key}", s.version_id) for s in segments}
+    manifest = f"s3://{LOCKED}/{segments[2].manifest_key}"
+    assert all(version for _, version in body.values())
+    assert [(m.first_sequence, m.last_sequence, m.sequence) for m in report.mismatches] == [
+        (5, 8, None),
+        (9, 12, None),
+        (13, 16, None),
+    ]
+    url, version = body[5]
+    assert report.mismatches[0].problem == (
+        f"body {url} was overwritten: its latest version is version {newer}, not the recorded {version}"
+    )
+    assert report.mismatches[1].problem.startswith(f"manifest {manifest} (version ")  # checked before the body
+    assert report.mismatches[1].problem.endswith(") is not locked (no Object Lock retention)")
+    url, version = body[13]
+    assert report.mismatches[2].problem.startswith(f"body {url} (version {version}) retention too short: locked until ")
+    assert "less than 400 days after it was archived" in report.mismatches[2].problem
+
+    result = _verify_cli(settings)
+    assert result.exit_code == 1, result.output
+    assert "segment 1-4 (s3://" in result.output and "ok (4 entries)" in result.output
+    assert f"archive mismatch in segment 5-8: body {body[5][0]} was overwritten" in result.output
+    assert "segment 9-12 (s3://" in result.output and "is not locked (no Object Lock retention)" in result.output
+    assert "segment 13-16 (s3://" in result.output and "retention too short" in result.output
+    assert "3 of 4 segments disagree" in result.output
 
 
 def test_the_exporter_refuses_a_range_that_does_not_link_to_the_sealed_segment(
