@@ -123,7 +123,8 @@ def status() -> None:
     click.echo(
         "legacy plaintext: some left (run `ck keys rotate`; keep encryption.legacy_plaintext = read)"
         if legacy
-        else "legacy plaintext: none (encryption.legacy_plaintext = refuse is safe)"
+        else "legacy plaintext: none found in the probed columns (one sealed column per table; "
+        "encryption.legacy_plaintext = refuse then rejects any plaintext left elsewhere as tampering)"
     )
 
 

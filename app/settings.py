@@ -382,7 +382,8 @@ class AuditSettings(_Section):
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint (e.g. MinIO, a test server); unset: AWS S3 for ``s3_region``."""
     s3_bucket: str = ""
-    """Bucket created with Object Lock enabled; export refuses any other. Empty: export off."""
+    """Bucket created with Object Lock enabled; export refuses any other. Empty: export off. ``verify
+    --against-archive`` reads only this bucket: a segment recorded in another one is a mismatch."""
     s3_region: str = "us-east-1"
     """Region of the bucket. Credentials come from the standard AWS chain (env, profile, role), never here."""
     s3_prefix: str = "audit/"
@@ -390,7 +391,9 @@ class AuditSettings(_Section):
     segment_entries: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     """Entries per sealed segment; a segment is sealed only once full (or by ``ck audit export --partial``)."""
     export_interval_seconds: Annotated[int, Meta(ge=0)] = 0
-    """``0``: export only by ``litestar ck audit export``; above 0: the app exports full segments this often."""
+    """``0``: export only by ``litestar ck audit export``; above 0: the app exports full segments this often.
+    One export runs at a time (a PostgreSQL advisory lock across instances and the CLI); a round that
+    finds another running is skipped."""
     verify_batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     """Entries read per query when verifying or exporting the chain."""
 

@@ -11,9 +11,15 @@ VERSION = "1.38.0"
 DESCRIPTION = "audit log and sealed segments, append-only"
 
 
-# The audit tables are append-only in the database itself, not just in the code that writes them:
-# a compromised or careless client holding the app's credentials cannot rewrite history. (A superuser
-# can drop the triggers; `litestar ck audit verify` and the Object Lock copies catch what that allows.)
+# The audit tables are append-only in the database itself, not just in the code that writes them: an
+# UPDATE, DELETE or TRUNCATE is refused. The triggers bind only roles that do not own the tables. On
+# PostgreSQL the role that runs this migration owns them and CAN disable or drop the triggers, so if the
+# app runs its own migrations, the app can rewrite history. The guarantee against the app itself needs
+# the migrations run by a separate owner role, the app role granted only INSERT and SELECT on
+# audit_log and audit_segments. On SQLite the app can always drop the triggers, and INSERT OR REPLACE
+# replaces a conflicting row without firing the DELETE trigger (unless PRAGMA recursive_triggers is on).
+# A rewrite by the table owner (triggers dropped, every hash recomputed) is detected only by
+# `litestar ck audit verify --against-archive` against the Object Lock copies; `verify` alone cannot.
 APPEND_ONLY_TABLES = ("audit_log", "audit_segments")
 
 POSTGRES_FUNCTION = """

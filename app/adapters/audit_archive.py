@@ -1,7 +1,10 @@
 """Write-once storage of sealed audit segments: S3 (or any S3-compatible server) with Object Lock.
 
 Every object is put with ``ObjectLockMode=COMPLIANCE`` and a retain-until date, so not even the
-bucket's owner can delete or overwrite that version before the date. A bucket without Object Lock
+bucket's owner can delete or overwrite that version before the date, and conditionally
+(``If-None-Match: *``), so a key that already has an object never gets a second version from an
+exporter. (Object Lock protects versions, not keys: anyone allowed to put may still add a newer version
+or a delete marker; ``ck audit verify --against-archive`` reports both.) A bucket without Object Lock
 would give no such guarantee, so :meth:`S3AuditArchive.check_object_lock` refuses it before anything
 is uploaded. boto3 is synchronous: each call runs in a worker thread. Credentials come from boto3's
 standard chain (environment, shared config, instance role) and are never passed through or logged.
@@ -12,21 +15,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from app.domain.audit_segment import SealedSegment, SegmentManifest, manifest_key
 
-__all__ = ["AuditArchiveError", "S3AuditArchive"]
+__all__ = ["LOCK_SLACK", "ArchiveConflict", "ArchiveRefused", "AuditArchiveError", "S3AuditArchive", "lock_problem"]
 
 log = structlog.get_logger(__name__)
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+LOCK_SLACK = timedelta(hours=1)
+"""Allowed shortfall of a retain-until date: the exporter computes it before the upload and the server
+keeps it to the second, and this host's and the server's clocks may differ a little."""
 
 
 class AuditArchiveError(Exception):
     """The archive cannot be used as configured (no Object Lock, unreachable, refused a write)."""
+
+
+class ArchiveRefused(AuditArchiveError):
+    """An object already in the bucket cannot be taken as a sealed segment: different bytes, or not
+    under COMPLIANCE retention of ``audit.retention_days``. Nothing is recorded; export stops there."""
+
+
+class ArchiveConflict(AuditArchiveError):
+    """Another exporter is writing the same key right now; this round stops and the next resumes."""
 
 
 class S3AuditArchive:
@@ -71,32 +86,64 @@ class S3AuditArchive:
             raise AuditArchiveError(f"refusing bucket {self.bucket!r}: Object Lock is not enabled on it")
 
     async def _put(self, key: str, body: bytes, content_type: str, retain_until: datetime) -> str | None:
-        answer = await self._call(
-            "put_object",
-            Bucket=self.bucket,
-            Key=key,
-            Body=body,
-            ContentType=content_type,
-            # S3 requires an integrity header on Object Lock puts; MD5 here is a transfer checksum only.
-            ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
-            ObjectLockMode="COMPLIANCE",
-            ObjectLockRetainUntilDate=retain_until,
-        )
-        return answer.get("VersionId")
+        """Put a new object under ``key``: the new version's id (``""`` from a server that gives none), or
+        ``None`` when the key already has an object (the put, conditional on ``If-None-Match: *``, was
+        refused)."""
+        try:
+            answer = await self._call(
+                "put_object",
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                # S3 requires an integrity header on Object Lock puts; MD5 here is a transfer checksum only.
+                ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=retain_until,
+                # Never a second version of a segment key: a concurrent or crashed exporter's object is
+                # checked and taken as it is instead (see put_segment).
+                IfNoneMatch="*",
+            )
+        except AuditArchiveError as exc:
+            if _code(exc) == "PreconditionFailed":
+                return None
+            if _code(exc) == "ConditionalRequestConflict":
+                raise ArchiveConflict(f"another export is writing s3://{self.bucket}/{key}") from exc
+            raise
+        return answer.get("VersionId") or ""
 
-    async def put_segment(self, segment: SealedSegment, retain_until: datetime) -> str | None:
+    async def _existing(self, key: str, body: bytes, retention_days: int, now: datetime) -> dict[str, Any]:
+        """The head of the object already under ``key``, if it holds exactly ``body`` under COMPLIANCE
+        retention of ``retention_days``; else :class:`ArchiveRefused`."""
+        url = f"s3://{self.bucket}/{key}"
+        head = await self.head_if_present(key)
+        if head is None:  # put refused, then gone: a delete marker was put in between
+            raise ArchiveConflict(f"{url} changed while it was being written")
+        if await self.get_if_present(key, head["VersionId"]) != body:
+            raise ArchiveRefused(f"{url} already holds different bytes; refusing to continue")
+        problem = lock_problem(head, now, retention_days)
+        if problem is not None:
+            raise ArchiveRefused(f"{url} (version {head['VersionId']}) {problem}; refusing to adopt it")
+        return head
+
+    async def put_segment(
+        self, segment: SealedSegment, retain_until: datetime, *, retention_days: int, now: datetime
+    ) -> tuple[str | None, datetime]:
         """Upload the body, then the manifest (its presence marks a complete upload); returns the
-        body's version id."""
+        body's version id and retain-until date. Neither key is ever given a second version: an object
+        already there (a crashed or concurrent export of the same range; sealing is deterministic) is
+        taken as it is if it holds the same bytes under COMPLIANCE retention of ``retention_days``, and
+        refused (:class:`ArchiveRefused`) otherwise."""
         m = segment.manifest
         version = await self._put(m.body_key, segment.body, "application/x-ndjson", retain_until)
-        await self._put(
-            manifest_key(self.prefix, m.first_sequence, m.last_sequence),
-            segment.manifest_bytes,
-            "application/json",
-            retain_until,
-        )
+        if version is None:
+            head = await self._existing(m.body_key, segment.body, retention_days, now)
+            version, retain_until = head["VersionId"], head["RetainUntilDate"]
+        key = manifest_key(self.prefix, m.first_sequence, m.last_sequence)
+        if await self._put(key, segment.manifest_bytes, "application/json", retain_until) is None:
+            await self._existing(key, segment.manifest_bytes, retention_days, now)
         log.info("audit segment archived", first=m.first_sequence, last=m.last_sequence, bucket=self.bucket)
-        return version
+        return version or None, retain_until
 
     async def find_manifest(self, first_sequence: int) -> tuple[str, SegmentManifest] | None:
         """A manifest already uploaded for a segment starting at ``first_sequence`` (an export that
@@ -156,20 +203,48 @@ class S3AuditArchive:
                 return keys
             request["ContinuationToken"] = listing["NextContinuationToken"]
 
-    def for_bucket(self, bucket: str) -> S3AuditArchive:
-        """This archive's endpoint and credentials, for ``bucket`` (a segment recorded in another one)."""
-        if bucket == self.bucket:
-            return self
-        return S3AuditArchive(bucket=bucket, region=self._region, endpoint_url=self._endpoint_url, prefix=self.prefix)
+    async def versions(self, key: str) -> list[dict[str, Any]]:
+        """Every version and delete marker of exactly ``key`` (``VersionId``, ``IsLatest``,
+        ``DeleteMarker``), newest first, all pages."""
+        found: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        while True:
+            listing = await self._call("list_object_versions", **request)
+            for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
+                found += [
+                    {"VersionId": v.get("VersionId"), "IsLatest": v.get("IsLatest", False), "DeleteMarker": marker}
+                    for v in listing.get(kind, [])
+                    if v.get("Key") == key
+                ]
+            if not listing.get("IsTruncated"):
+                return found
+            request["KeyMarker"] = listing.get("NextKeyMarker")
+            request["VersionIdMarker"] = listing.get("NextVersionIdMarker")
 
-    async def retention(self, key: str) -> dict[str, Any]:
-        """The object's Object Lock retention (``Mode``, ``RetainUntilDate``), from its headers (which
-        every S3-compatible server returns; not all implement ``GetObjectRetention``)."""
-        answer = await self._call("head_object", Bucket=self.bucket, Key=key)
-        return {"Mode": answer.get("ObjectLockMode"), "RetainUntilDate": answer.get("ObjectLockRetainUntilDate")}
+
+def lock_problem(head: dict[str, Any], archived: datetime, retention_days: int) -> str | None:
+    """Why the version ``head`` describes (from :meth:`S3AuditArchive.head_if_present`) is not locked
+    well enough for an object archived at ``archived`` (the earlier of that and its ``LastModified`` is
+    taken), or ``None``: it must be under COMPLIANCE retention until ``retention_days`` after, less
+    :data:`LOCK_SLACK`."""
+    mode, until, modified = head["Mode"], head["RetainUntilDate"], head["LastModified"]
+    if mode is None or until is None:
+        return "is not locked (no Object Lock retention)"
+    if mode != "COMPLIANCE":
+        return f"is not locked in COMPLIANCE mode (mode {mode})"
+    archived = min(archived, modified) if modified is not None else archived
+    if until < archived + timedelta(days=retention_days) - LOCK_SLACK:
+        return (
+            f"retention too short: locked until {until.isoformat()}, less than {retention_days} days "
+            f"after it was archived ({archived.isoformat()})"
+        )
+    return None
+
+
+def _code(exc: AuditArchiveError) -> str | None:
+    cause = exc.__cause__
+    return getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
 
 
 def _missing(exc: AuditArchiveError) -> bool:
-    cause = exc.__cause__
-    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-    return code in _MISSING_CODES
+    return _code(exc) in _MISSING_CODES

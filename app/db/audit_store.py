@@ -9,8 +9,10 @@ the change it audits are committed together and in chain order.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +23,12 @@ from app.db.bulk_insert import insert_rows
 from app.db.tables import AuditLogEntry, AuditSegment
 from app.domain.audit_chain import GENESIS_HASH, AuditEntry
 
-__all__ = ["AUDIT_LOCK_KEY", "AuditStore", "SegmentRecord", "entry_of"]
+__all__ = ["AUDIT_EXPORT_LOCK_KEY", "AUDIT_LOCK_KEY", "AuditStore", "SegmentRecord", "entry_of"]
 
 AUDIT_LOCK_KEY = 0x434B_4155_4449_5431
 """``pg_advisory_xact_lock`` key of the chain tail: "CKAUDIT1" in ASCII, a 64-bit constant unique to this use."""
+AUDIT_EXPORT_LOCK_KEY = 0x434B_4155_4449_5445
+"""``pg_try_advisory_lock`` key of segment export: "CKAUDITE" in ASCII, a 64-bit constant unique to this use."""
 
 _COLUMNS = (
     AuditLogEntry.id,
@@ -95,6 +99,35 @@ class SegmentRecord(msgspec.Struct, frozen=True, kw_only=True):
 class AuditStore:
     """Reads and appends ``audit_log`` rows and ``audit_segments`` records."""
 
+    def __init__(self) -> None:
+        self._export_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def export_lock(self) -> AsyncIterator[bool]:
+        """Try to become the only exporter; yields whether it did (never waits). On PostgreSQL a
+        session-level advisory lock held on a connection of its own (so every instance and the CLI
+        are serialised, and the lock goes with the connection if this process dies); on SQLite, where
+        one process is the usual deployment, a lock of this store's (concurrent exports in other
+        processes are made harmless by the exporter itself)."""
+        engine = AuditLogEntry._meta.db
+        if isinstance(engine, SQLiteEngine):
+            if self._export_lock.locked():
+                yield False
+                return
+            async with self._export_lock:
+                yield True
+            return
+        connection = await engine.get_new_connection()
+        try:
+            acquired = bool(await connection.fetchval("SELECT pg_try_advisory_lock($1)", AUDIT_EXPORT_LOCK_KEY))
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    await connection.execute("SELECT pg_advisory_unlock($1)", AUDIT_EXPORT_LOCK_KEY)
+        finally:
+            await connection.close()
+
     async def lock_tail(self) -> None:
         """Serialise appenders until the current transaction ends (a no-op on SQLite, whose write
         transaction is already exclusive). Must be called inside a transaction."""
@@ -159,17 +192,6 @@ class AuditStore:
                 return
             yield batch
             after_sequence = batch[-1].sequence
-
-    async def sequences_older_than(self, cutoff: datetime) -> int:
-        """The highest sequence whose entry occurred before ``cutoff`` (0 when none)."""
-        rows = (
-            await AuditLogEntry.select(AuditLogEntry.sequence)
-            .where(AuditLogEntry.occurred_at < cutoff)
-            .order_by(AuditLogEntry.sequence, ascending=False)
-            .limit(1)
-            .run()
-        )
-        return int(rows[0]["sequence"]) if rows else 0
 
     async def last_segment(self) -> SegmentRecord | None:
         """The most recently sealed segment (the one the next must chain to)."""

@@ -147,16 +147,14 @@ def sealed_question_values(question: GeneratedQuestion, owner: uuid.UUID, keyrin
     )
 
 
-def seal_breakdown(
-    keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str, opener: Keyring | None = None
-) -> str:
-    """Seal the free-text ``feedback`` of each line of an encoded breakdown. Values already sealed (with
-    keys ``opener`` holds, default ``keyring``) or legacy plaintext are opened first: this re-seals too."""
+def seal_breakdown(keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str) -> str:
+    """Seal the free-text ``feedback`` of each line of an encoded breakdown. The feedback is a writer's
+    plaintext, always (a scorer's text shaped like a token is sealed as it is, never opened)."""
     ref = FieldRef(ATTEMPT_TABLE, f"{column}.feedback", attempt_id)
     decoded = _lines.decode(lines)
     for line in decoded:
         if line.get("feedback") is not None:
-            line["feedback"] = keyring.reseal(owner, ref, line["feedback"], opener)
+            line["feedback"] = keyring.seal(owner, ref, line["feedback"])
     return _json.encode(decoded).decode()
 
 
@@ -175,13 +173,14 @@ def _open_breakdown(
 
 
 def seal_attempt(keyring: Keyring, row: AttemptRow) -> AttemptRow:
-    """Seal an attempt row's PII: responses and breakdown feedback (requester's key), feedback
-    (target's key). Values already sealed with an older key, or legacy plaintext, are re-sealed."""
+    """Seal a new attempt row's PII: responses and breakdown feedback (requester's key), feedback
+    (target's key). ``row`` holds the writer's plaintext (re-sealing stored values is the rotation's job,
+    :mod:`app.services.key_rotation`)."""
     requester, target = row.requester_id, row.target_id
     return msgspec.structs.replace(
         row,
-        responses=keyring.reseal(requester, FieldRef(ATTEMPT_TABLE, "responses", row.id), row.responses),
-        feedback=keyring.reseal(target, FieldRef(ATTEMPT_TABLE, "feedback", row.id), row.feedback),
+        responses=keyring.seal(requester, FieldRef(ATTEMPT_TABLE, "responses", row.id), row.responses),
+        feedback=keyring.seal(target, FieldRef(ATTEMPT_TABLE, "feedback", row.id), row.feedback),
         breakdown=seal_breakdown(keyring, requester, row.id, "breakdown", row.breakdown),
         shadow_breakdown=seal_breakdown(keyring, requester, row.id, "shadow_breakdown", row.shadow_breakdown),
     )
@@ -300,7 +299,10 @@ class KeyStore:
             .order_by(ConnectionKeyQuestion.position)
             .run()
         )
-        keyring = await self.encryption.keyring([row["target_id"]])
+        target = row["target_id"]
+        keyring = await self.encryption.keyring_covering(
+            {target: [q[c] for q in questions for c in QUESTION_SEALED_COLUMNS]}
+        )
         quiz = IssuedQuiz(
             key_id=row["id"],
             conversation_id=row["conversation_id"],
@@ -402,7 +404,10 @@ class KeyStore:
         row = await ConnectionKeyAttempt.select().where(ConnectionKeyAttempt.id == attempt_id).first().run()
         if row is None:
             return None
-        keyring = await self.encryption.keyring([row["requester_id"], row["target_id"]])
+        requester, target = uuid.UUID(str(row["requester_id"])), uuid.UUID(str(row["target_id"]))
+        tokens: dict[uuid.UUID, list[str | None]] = {requester: [row["responses"]]}
+        tokens.setdefault(target, []).append(row["feedback"])
+        keyring = await self.encryption.keyring_covering(tokens)
         return open_attempt(row, keyring)
 
     async def revoke_open_keys(self, user_id: uuid.UUID) -> list[uuid.UUID]:

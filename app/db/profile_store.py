@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from app.db.tables import Conversation, Profile
-from app.domain.field_crypto import Keyring
+from app.db.tables import Conversation, Profile, UserDataKey
+from app.domain.field_crypto import KeyDestroyedError, Keyring
 from app.domain.quiz import ConsentPreference, ProfileInput, PromptPair, TargetProfile, UnlockState
 
 if TYPE_CHECKING:
@@ -84,6 +84,17 @@ def conversation_record(row: dict[str, Any]) -> ConversationRecord:
     )
 
 
+async def _key_destroyed(user_id: uuid.UUID) -> bool:
+    """Whether the owner's key row is a tombstone, read from the database (``FOR UPDATE`` on PostgreSQL,
+    so a concurrent erasure's destroy and this caller's transaction take turns; SQLite's write
+    transactions are serialized already)."""
+    query = UserDataKey.select(UserDataKey.destroyed_at).where(UserDataKey.user_id == user_id)
+    if UserDataKey._meta.db.engine_type != "sqlite":
+        query = query.lock_rows()
+    rows = await query.run()
+    return bool(rows) and rows[0]["destroyed_at"] is not None
+
+
 class ProfileStore:
     """Reads and writes profiles (sealed with the owner's data key) and conversations."""
 
@@ -91,11 +102,16 @@ class ProfileStore:
         self.encryption = encryption
 
     async def get_profile(self, user_id: uuid.UUID) -> ProfileRecord | None:
-        """The profile, decrypted; ``None`` when there is none (an erased user's row is deleted)."""
+        """The profile, decrypted; ``None`` when there is none or its owner was erased (erasure deletes the
+        row, but a row left behind, e.g. by a write that raced the erasure, is unreadable and reads as none).
+        Values sealed with a key newer than this process's cached one (a rotation elsewhere) reload it."""
         row = await Profile.select().where(Profile.user_id == user_id).first().run()
         if not row:
             return None
-        return _profile(row, await self.encryption.keyring([user_id]))
+        keyring = await self.encryption.keyring_covering({user_id: [row[c] for c in PROFILE_SEALED_COLUMNS]})
+        if keyring.is_destroyed(user_id):
+            return None
+        return _profile(row, keyring)
 
     async def delete_profile(self, user_id: uuid.UUID) -> bool:
         """Remove the profile row (erasure); ``True`` when one existed."""
@@ -104,8 +120,13 @@ class ProfileStore:
     async def upsert_profile(self, user_id: uuid.UUID, data: ProfileInput, now: datetime) -> ProfileRecord:
         """Insert or replace the profile of ``user_id`` (one statement, so never half-written).
 
-        Raises :class:`app.domain.field_crypto.KeyDestroyedError` for an erased user."""
+        Raises :class:`app.domain.field_crypto.KeyDestroyedError` for an erased user, also one erased
+        after the keys were read (cached): the owner's key row is read again (locked on PostgreSQL) before
+        the write, so run this inside the transaction that commits it and an erasure either finished
+        before (refused here) or waits for this write and then deletes the row."""
         keyring = await self.encryption.keyring([user_id], create=True)
+        if keyring.is_destroyed(user_id) or await _key_destroyed(user_id):
+            raise KeyDestroyedError("the owner's data key was destroyed")
         sealed = keyring.seal_columns(
             user_id,
             PROFILE_TABLE,

@@ -1,8 +1,12 @@
 """The audit log's hash chain: entries, their canonical bytes, keyed change digests and verification.
 
 Pure: no database, no clock, no I/O. Each entry holds the hash of the one before it, so changing,
-removing, inserting or reordering any stored entry breaks the chain at (or right after) that point,
-and :func:`verify` names the first entry that no longer fits.
+inserting, reordering or removing an entry that has a successor breaks the chain at (or right after)
+that point, and :func:`verify` names the first entry that no longer fits. Removing the newest entries
+does not: what is left is still a valid chain, just a shorter one. Only a sealed segment (its recorded
+last sequence and hash, and its archived copy) bounds the chain, so :func:`verify` alone cannot tell
+that entries after the last sealed segment were deleted; neither can a chain rewritten end to end
+with every hash recomputed, which only ``ck audit verify --against-archive`` detects.
 
 The change itself is never stored: only ``HMAC-SHA256(digest_key, canonical JSON of the change)``.
 A plain hash would let anyone holding the table test guesses of low-entropy PII (a birth year, a yes/no
@@ -23,7 +27,6 @@ import msgspec
 __all__ = [
     "CHAIN_VERSION",
     "GENESIS_HASH",
-    "MODERATOR_SCOPE",
     "ActorKind",
     "AuditActor",
     "AuditEntry",
@@ -41,8 +44,6 @@ CHAIN_VERSION = 1
 """Bumped if the canonical encoding ever changes; part of every hashed entry."""
 GENESIS_HASH = "0" * 64
 """The ``previous_hash`` of the first entry of a chain."""
-MODERATOR_SCOPE = "moderator"
-"""Scope that marks a principal as a moderator (granted from JWT claims by the moderation work)."""
 
 ActorKind = Literal["user", "service", "moderator", "system"]
 
@@ -55,10 +56,10 @@ class AuditActor(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_principal(cls, principal: Any) -> AuditActor:
-        """The actor for a verified :class:`app.auth.Principal`: moderator when it holds the moderator
-        scope, service for service-role tokens, else the user."""
-        # `is_moderator` follows `[moderation] roles_claim`/`moderator_role`; a bare "moderator" scope
-        # claim (which a token may carry without the role) does not make a moderator.
+        """The actor for a verified :class:`app.auth.Principal`: moderator when ``principal.is_moderator``
+        (its configured roles claim, ``[moderation] roles_claim``, holds ``[moderation] moderator_role``;
+        a ``scope`` or ``role`` claim never makes a moderator), service for service-role tokens, else the
+        user."""
         if getattr(principal, "is_moderator", False):
             return cls(kind="moderator", id=principal.user_id)
         if getattr(principal, "is_service_role", False):

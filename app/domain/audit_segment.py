@@ -16,13 +16,18 @@ from app.domain.audit_chain import CHAIN_VERSION, AuditEntry, ChainBreak, verify
 
 __all__ = [
     "SealedSegment",
+    "SegmentBodyError",
     "SegmentManifest",
     "SegmentRefused",
     "manifest_key",
     "parse_segment_body",
     "seal_segment",
+    "segment_body",
     "segment_key",
 ]
+
+
+_ENTRY = msgspec.json.Decoder(AuditEntry)
 
 
 class SegmentManifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +63,14 @@ class SegmentRefused(Exception):
         self.broken = broken
 
 
+class SegmentBodyError(ValueError):
+    """A line of a segment body that is not a valid entry (``line`` counts from 1)."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"archived line {line} is not a valid entry ({reason})")
+        self.line = line
+
+
 def segment_key(prefix: str, first_sequence: int, last_sequence: int) -> str:
     """Object key of a segment body; zero-padded so keys sort in chain order."""
     return f"{prefix}segments/{first_sequence:015d}-{last_sequence:015d}.jsonl"
@@ -75,7 +88,7 @@ def seal_segment(entries: Sequence[AuditEntry], previous_hash: str, first_sequen
     broken = verify(entries, previous_hash, first_sequence)
     if broken is not None:
         raise SegmentRefused(broken)
-    body = b"".join(msgspec.json.encode(entry) + b"\n" for entry in entries)
+    body = segment_body(entries)
     last = entries[-1].sequence
     return SealedSegment(
         SegmentManifest(
@@ -92,7 +105,21 @@ def seal_segment(entries: Sequence[AuditEntry], previous_hash: str, first_sequen
     )
 
 
+def segment_body(entries: Sequence[AuditEntry]) -> bytes:
+    """The canonical body of ``entries``: one JSON object per entry, each ending in a newline."""
+    return b"".join(msgspec.json.encode(entry) + b"\n" for entry in entries)
+
+
 def parse_segment_body(body: bytes) -> list[AuditEntry]:
-    """The entries of a segment body (for checking an archived copy against the chain)."""
-    decoder = msgspec.json.Decoder(AuditEntry)
-    return [decoder.decode(line) for line in body.splitlines() if line.strip()]
+    """The entries of a segment body (for checking an archived copy against the chain); blank lines
+    are skipped (:func:`segment_body` of the result tells whether the body was canonical). Raises
+    :class:`SegmentBodyError` naming the first line that is not a valid entry."""
+    entries: list[AuditEntry] = []
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            entries.append(_ENTRY.decode(line))
+        except msgspec.DecodeError as exc:
+            raise SegmentBodyError(len(entries) + 1, str(exc)) from None
+    return entries

@@ -259,6 +259,18 @@ class Keyring:
         """Open several columns of one row (``None`` stays ``None``)."""
         return {col: self.open_optional(owner, FieldRef(table, col, record_id), v) for col, v in values.items()}
 
+    def lacks_key_for(self, owner: uuid.UUID, stored: str | None) -> bool:
+        """Whether ``stored`` is a token naming a key id that the owner's loaded keys (current or previous)
+        do not include: the keys held are stale (rotated by another process) or the value was moved.
+        ``False`` for ``None``, plaintext, an owner not loaded and a destroyed owner (nothing to refresh)."""
+        if stored is None or not is_ciphertext(stored):
+            return False
+        keys = self._keys.get(owner)
+        if keys is None or keys.destroyed:
+            return False
+        key_id = token_key_id(stored)
+        return all(key is None or key.key_id != key_id for key in (keys.current, keys.previous))
+
     def needs_resealing(self, owner: uuid.UUID, stored: str | None) -> bool:
         """Whether ``stored`` is legacy plaintext or sealed with a key other than the owner's current one."""
         if stored is None:

@@ -38,15 +38,20 @@ __all__ = [
     "OverrideDecision",
     "OverrideOutcome",
     "PageCursor",
+    "TimeOutOfRange",
     "clean_reason",
     "decide_override",
     "decode_cursor",
     "encode_cursor",
+    "utc_in_range",
 ]
 
 # Control characters other than tab and newlines have no place in a reason and can hide text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _MAX_CURSOR_CHARS = 200
+# Times a moderator may page or filter by: anything else is a mistake or a probe, and at the extremes an
+# offset pushes the instant past what ``datetime`` (and the database drivers) can hold.
+MIN_YEAR, MAX_YEAR = 2000, 9999
 
 
 class OverrideDecision(str, enum.Enum):
@@ -134,6 +139,25 @@ def decode_cursor(token: str) -> PageCursor:
         cursor = msgspec.json.decode(raw, type=PageCursor)
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise ValueError("The cursor is not valid.") from None
-    if cursor.submitted_at.tzinfo is None:
-        raise ValueError("The cursor is not valid.")
-    return PageCursor(cursor.submitted_at.astimezone(UTC), cursor.id)
+    try:
+        return PageCursor(utc_in_range(cursor.submitted_at), cursor.id)
+    except ValueError:
+        raise ValueError("The cursor is not valid.") from None
+
+
+class TimeOutOfRange(ValueError):
+    """A time without a UTC offset, or outside years :data:`MIN_YEAR`..:data:`MAX_YEAR` once in UTC."""
+
+
+def utc_in_range(value: datetime) -> datetime:
+    """``value`` in UTC; :class:`TimeOutOfRange` when it has no offset or falls outside the accepted
+    years once in UTC (never ``OverflowError``, e.g. for ``0001-01-01T00:00:00+01:00``)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise TimeOutOfRange("A time needs a UTC offset (e.g. ...Z).")
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
+        raise TimeOutOfRange(f"A time must fall in the years {MIN_YEAR} to {MAX_YEAR} (UTC).")
+    return utc

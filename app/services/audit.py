@@ -110,8 +110,19 @@ async def verify_chain(
     store: AuditStore, batch_size: int, progress: Callable[[int], None] | None = None
 ) -> VerifyReport:
     """Stream the whole chain from the genesis hash, ``batch_size`` entries per query, and check it
-    against the sealed segments' recorded hashes too: a chain rewritten end to end (triggers dropped,
-    every hash recomputed) still disagrees with the segments sealed before the rewrite."""
+    against the sealed segments' recorded hashes too.
+
+    What this can and cannot see: the append-only triggers bind only roles that do not own the tables.
+    On PostgreSQL the role that runs the migrations owns them and can disable or drop the triggers; if
+    the app runs its own migrations (``database.auto_migrate``), the app can. The guarantee against the
+    app itself needs the migrations run by a separate owner role and the app granted only INSERT and
+    SELECT on ``audit_log`` and ``audit_segments``. On SQLite the app can always drop the triggers, and
+    ``INSERT OR REPLACE`` replaces a row with a conflicting id or sequence without firing the DELETE
+    trigger (SQLite fires delete triggers for REPLACE only with ``PRAGMA recursive_triggers``). Whoever
+    can write the tables can rewrite the chain end to end (every hash recomputed) and ``audit_segments``
+    with it, or delete the unsealed newest entries: this check finds neither. Only
+    ``ck audit verify --against-archive``, which compares with the Object Lock copies, detects a rewrite
+    of what was sealed; entries after the last sealed segment have no protection but the triggers."""
     segments = await store.segments()
     sealed = {s.last_sequence: s.last_entry_hash for s in segments}
     verifier = ChainVerifier()

@@ -1,5 +1,7 @@
 """``ck audit verify --against-archive``: re-read every sealed segment from the bucket and check it.
 
+Only the configured bucket (``audit.s3_bucket``) is read: a record naming another bucket is a mismatch,
+never followed (whoever can write ``audit_segments`` could otherwise point it at a bucket they control).
 For each segment recorded in ``audit_segments`` (in chain order) the manifest and body are downloaded
 and checked: the manifest says what the record says, the body's SHA-256 is the one both name, the
 archived entries re-hash into an unbroken chain ending at the manifest's last hash, the segment links
@@ -9,33 +11,29 @@ segment (links are taken from the records, so one bad segment does not condemn t
 the prefix that no record names (an upload that finished just before a crash) are reported as info.
 
 The body is read by its recorded ``version_id`` (when there is one), and a newer version put over that
-key is a mismatch even when its bytes are the same. The version read of the body and of the manifest
-(the latest; its version is not recorded) must be under COMPLIANCE Object Lock until at least
-``retention_days`` after it was archived: the earlier of the record's ``sealed_at`` (written just after
-the upload) and the version's ``LastModified``, less :data:`_SLACK`. Retention is read from
-``head_object``, as not every S3-compatible server implements ``GetObjectRetention``.
+key is a mismatch even when its bytes are the same; so is any key of the segment with more than one
+version or with a delete marker (the exporter never writes a key twice). The version read of the body
+and of the manifest (the latest; its version is not recorded) must be under COMPLIANCE Object Lock until
+at least ``retention_days`` after it was archived: the earlier of the record's ``sealed_at`` (written
+just after the upload) and the version's ``LastModified``, less
+:data:`app.adapters.audit_archive.LOCK_SLACK` (see :func:`~app.adapters.audit_archive.lock_problem`).
+Retention is read from ``head_object``, as not every S3-compatible server implements ``GetObjectRetention``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
 
 import msgspec
 
-from app.adapters.audit_archive import S3AuditArchive
+from app.adapters.audit_archive import S3AuditArchive, lock_problem
 from app.db.audit_store import AuditStore, SegmentRecord
 from app.domain.audit_chain import GENESIS_HASH, AuditEntry, verify
-from app.domain.audit_segment import SegmentManifest
+from app.domain.audit_segment import SegmentBodyError, SegmentManifest, parse_segment_body, segment_body
 
 __all__ = ["ArchiveMismatch", "ArchiveReport", "SegmentCheck", "check_archive"]
 
-_ENTRY = msgspec.json.Decoder(AuditEntry)
-_SLACK = timedelta(hours=1)
-"""Allowed shortfall of a retain-until date: the exporter computes it before the upload and the server
-keeps it to the second, and this host's and the server's clocks may differ a little."""
 _MANIFEST_FIELDS = ("first_sequence", "last_sequence", "entry_count", "first_previous_hash", "last_entry_hash")
 
 
@@ -88,15 +86,21 @@ async def check_archive(
     :class:`app.adapters.audit_archive.AuditArchiveError` when the bucket cannot be read at all; an object
     merely absent is a mismatch, not an error."""
     records = await store.segments()
-    archives: dict[str, S3AuditArchive] = {}
     mismatches: list[ArchiveMismatch] = []
     entries = 0
     expected_sequence, expected_hash = 1, GENESIS_HASH
     for record in records:
-        bucket = archives.setdefault(record.bucket, archive.for_bucket(record.bucket))
         mismatch = _link(record, expected_sequence, expected_hash)
+        if mismatch is None and record.bucket != archive.bucket:
+            mismatch = ArchiveMismatch(
+                record.first_sequence,
+                record.last_sequence,
+                None,
+                f"recorded in bucket {record.bucket!r}, not the configured audit.s3_bucket {archive.bucket!r} "
+                "(not followed)",
+            )
         if mismatch is None:
-            mismatch = await _check_segment(record, bucket, store, batch_size, retention_days)
+            mismatch = await _check_segment(record, archive, store, batch_size, retention_days)
         if mismatch is None:
             entries += record.entry_count
         else:
@@ -124,22 +128,6 @@ def _link(record: SegmentRecord, expected_sequence: int, expected_hash: str) -> 
             record.last_sequence,
             record.first_sequence,
             "first previous_hash is not the previous segment's last hash",
-        )
-    return None
-
-
-def _lock_problem(what: str, url: str, head: dict[str, Any], record: SegmentRecord, retention_days: int) -> str | None:
-    mode, until, modified = head["Mode"], head["RetainUntilDate"], head["LastModified"]
-    name = f"{what} {url} (version {head['VersionId']})"
-    if mode is None or until is None:
-        return f"{name} is not locked (no Object Lock retention)"
-    if mode != "COMPLIANCE":
-        return f"{name} is not locked in COMPLIANCE mode (mode {mode})"
-    archived = min(record.sealed_at, modified) if modified is not None else record.sealed_at
-    if until < archived + timedelta(days=retention_days) - _SLACK:
-        return (
-            f"{name} retention too short: locked until {until.isoformat()}, less than {retention_days} days "
-            f"after it was archived ({archived.isoformat()})"
         )
     return None
 
@@ -186,17 +174,22 @@ async def _check_segment(
     if hashlib.sha256(body).hexdigest() != manifest.body_sha256:
         return mismatch("body SHA-256 differs from the manifest's and the recorded one")
     for what, url, head in (("manifest", manifest_url, manifest_head), ("body", body_url, body_head)):
-        problem = _lock_problem(what, url, head, record, retention_days)
+        problem = lock_problem(head, record.sealed_at, retention_days)
         if problem is not None:
-            return mismatch(problem)
+            return mismatch(f"{what} {url} (version {head['VersionId']}) {problem}")
+    for what, url, key in (("manifest", manifest_url, record.manifest_key), ("body", body_url, record.object_key)):
+        versions = await archive.versions(key)
+        markers = sum(1 for v in versions if v["DeleteMarker"])
+        if len(versions) > 1:
+            also = f" ({markers} of them delete markers)" if markers else ""
+            return mismatch(f"{what} {url} has {len(versions)} versions{also}; an exported key has exactly one")
 
-    lines = [line for line in body.split(b"\n") if line]
-    archived: list[AuditEntry] = []
-    for index, line in enumerate(lines):
-        try:
-            archived.append(_ENTRY.decode(line))
-        except msgspec.DecodeError:
-            return mismatch(f"archived line {index + 1} is not a valid entry", record.first_sequence + index)
+    try:
+        archived = parse_segment_body(body)
+    except SegmentBodyError as exc:
+        return mismatch(str(exc), record.first_sequence + exc.line - 1)
+    if segment_body(archived) != body:
+        return mismatch("archived body is not in the canonical encoding")
     broken = verify(archived, manifest.first_previous_hash, manifest.first_sequence)
     if broken is not None:
         return mismatch(f"archived entry: {broken.reason}", broken.sequence)
@@ -213,7 +206,7 @@ async def _check_segment(
             expected = archived[position]
             if row.sequence != expected.sequence:
                 return mismatch("row missing from the database", expected.sequence)
-            if msgspec.json.encode(row) != lines[position]:
+            if msgspec.json.encode(row) != msgspec.json.encode(expected):
                 fields = [f for f in AuditEntry.__struct_fields__ if getattr(row, f) != getattr(expected, f)]
                 what = f"in: {', '.join(fields)}" if fields else "in its encoding"
                 return mismatch(f"database row differs from the archived entry {what}", expected.sequence)

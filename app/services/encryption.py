@@ -4,6 +4,10 @@ Values are sealed by :mod:`app.domain.field_crypto`; this service only finds the
 data keys are cached in this process for ``encryption.data_key_cache_seconds`` (bounded, least recently
 used first). Erasure evicts the key here at once; another instance may keep decrypting that user's
 values until its cached copy expires, so the staleness window across instances is that setting.
+
+A data-key rotation (``ck keys rotate-data``, another process) re-seals values with a key no other
+instance has cached yet: readers use :meth:`FieldEncryption.keyring_covering`, which notices a value
+naming a key the cached copy lacks and reloads that owner's keys from the database once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 
 import structlog
@@ -119,6 +123,27 @@ class FieldEncryption:
             keys = await self.unwrap(row)
             self._cache.put(user_id, keys)
             keyring.add(user_id, keys)
+        return keyring
+
+    async def keyring_covering(self, tokens: Mapping[uuid.UUID, Iterable[str | None]]) -> Keyring:
+        """:meth:`keyring` for the owners in ``tokens``, made to cover the stored values given for each:
+        an owner whose values name a key that is neither their cached current nor previous key (another
+        process rotated it meanwhile) is evicted and reloaded from the database, once. Readers use this so
+        a rotation elsewhere never fails a read for up to the cache's lifetime. Plaintext and ``None``
+        values are ignored; a value still naming an unknown key after the reload fails in
+        :meth:`Keyring.open` as before (:class:`app.domain.field_crypto.UnknownKeyError`)."""
+        keyring = await self.keyring(tokens.keys())
+        stale = [owner for owner, values in tokens.items() if any(keyring.lacks_key_for(owner, v) for v in values)]
+        if not stale:
+            return keyring
+        for owner in stale:
+            self._cache.evict(owner)
+        log.info("data keys reloaded: values name keys newer than the cached ones", users=len(stale))
+        fresh = await self.keyring(stale)
+        for owner in stale:
+            keys = fresh.get(owner)
+            if keys is not None:
+                keyring.add(owner, keys)
         return keyring
 
     async def _create(self, user_ids: Collection[uuid.UUID]) -> None:

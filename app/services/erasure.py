@@ -1,7 +1,9 @@
 """Use case: erase a user by crypto-shredding.
 
 Destroying the user's data key makes every value sealed with it unreadable wherever a copy lives
-(replicas, exports, database backups made after every KEK that ever wrapped that key is retired).
+(replicas, exports, backups taken after the erasure). A database backup taken *before* the erasure still
+holds the wrapped key: it becomes unreadable only once every KEK that ever wrapped that key is retired
+(removed from settings and from wherever KEKs are kept), so retire KEKs on the backup retention schedule.
 What is cheap to remove goes too: the profile row, device tokens, and unsubmitted keys are revoked.
 Attempts stay (the other participant's history and the unlock state depend on them); the erased
 person's fields in them read as erased (:class:`app.db.key_store.AttemptRecord`).

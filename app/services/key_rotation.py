@@ -8,6 +8,10 @@
 * :meth:`KeyRotation.rotate_data`: users whose data key was made before a cutoff get a fresh one and
   every value of theirs is re-sealed, one user per transaction. The old key stays as ``previous`` so a
   request that sealed with a cached copy meanwhile is still readable; the next rotation re-seals it.
+  Readers are affected too: other instances keep the old key cached (current = old) for up to
+  ``encryption.data_key_cache_seconds`` while the values now name the fresh key; their read paths use
+  :meth:`app.services.encryption.FieldEncryption.keyring_covering`, which reloads such an owner's keys.
+  Only this process's cache is evicted here.
 
 Every row update is conditional on the value read (compare-and-set): a concurrent write wins and is left
 alone, since it was sealed with a key the user still holds.
@@ -129,8 +133,13 @@ async def _reseal_user(user_id: uuid.UUID, opener: Keyring, sealer: Keyring) -> 
 
 
 async def legacy_plaintext_left() -> bool:
-    """Whether any value written before field encryption is still plaintext (``ck keys rotate`` seals it);
-    until it is ``False``, ``encryption.legacy_plaintext`` must stay ``read``."""
+    """Whether a probe finds plaintext written before field encryption (``ck keys rotate`` seals it).
+
+    It probes one sealed column per table (``profiles.display_name``, ``connection_key_questions.prompt``,
+    ``connection_key_attempts.responses`` and ``.feedback``, ``moderation_decisions.reason``), the column
+    every writer and the rotation seal together with the rest of the row; other columns (and breakdown
+    feedback) are not scanned, so ``False`` means "none found in the probed columns", not a proof. While it
+    is ``True``, ``encryption.legacy_plaintext`` must stay ``read``."""
     return bool(await _legacy_owners(1))
 
 

@@ -8,7 +8,7 @@ the unlock orchestrator, so subscribers and push notifications see it like any o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -133,6 +133,16 @@ def _matches(where: AttemptFilter, outcomes: list[QuestionOutcome]) -> bool:
     return where.flag is None or where.flag in flags
 
 
+def _refuse_own(principal: Principal, attempt: dict[str, Any], participants: Collection[uuid.UUID] = ()) -> None:
+    """FORBIDDEN when the moderator takes part in the attempt's conversation: nobody reviews or decides
+    on their own case (a requester unlocking their own failure, a target their own refusal)."""
+    if principal.user_id in {attempt["requester_id"], attempt["target_id"], *participants}:
+        raise ServiceError(
+            ErrorCode.FORBIDDEN,
+            "Moderators may not review or override attempts in their own conversation; ask another moderator.",
+        )
+
+
 class _ReasonKeys(NamedTuple):
     """The keys a decision's reason is sealed with: its attempt's requester's (``None``: no such attempt)."""
 
@@ -205,21 +215,25 @@ class ModerationService:
             items = items[:limit]
             position = PageCursor(items[-1].submitted_at, items[-1].id)
         next_cursor = None if exhausted or position is None else encode_cursor(position)
-        async with self._db.transaction():
-            await self._audit.record(
-                actor=AuditActor.from_principal(principal),
-                action="moderation.attempts_listed",
-                subject_type="attempt",
-                subject_id=None,
-                change={"filter": msgspec.to_builtins(where), "count": len(items)},
-            )
+        await self._audit.record(  # in a transaction of its own: nothing else is written
+            actor=AuditActor.from_principal(principal),
+            action="moderation.attempts_listed",
+            subject_type="attempt",
+            subject_id=None,
+            change={"filter": msgspec.to_builtins(where), "count": len(items)},
+        )
         return AttemptPage(items=items, next_cursor=next_cursor)
 
     async def attempt_detail(self, principal: Principal, attempt_id: uuid.UUID) -> AttemptDetail:
-        """The attempt in full; NOT_FOUND when unknown. The read is audited: it shows the answers."""
+        """The attempt in full; NOT_FOUND when unknown, FORBIDDEN in the moderator's own conversation.
+        The read is audited: it shows the answers."""
         row = await self._store.attempt(attempt_id)
+        if row is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "Attempt not found.", field="id")
+        _refuse_own(principal, row)  # before anything is decrypted
+        # Read again to be opened by the key store, which knows which keys the row's tokens need.
         record = await self._keys.get_attempt(attempt_id)  # decrypted; erased people's fields are None
-        if row is None or record is None:
+        if record is None:  # deleted in between
             raise ServiceError(ErrorCode.NOT_FOUND, "Attempt not found.", field="id")
         try:
             found = await self._keys.get_quiz(row["connection_key_id"])
@@ -228,9 +242,12 @@ class ModerationService:
             record = msgspec.structs.replace(record, erased=[*record.erased, "questions"])
         questions = found[0].questions if found else []
         conversation = await self._profiles.get_conversation(row["conversation_id"])
+        if conversation is not None:
+            _refuse_own(principal, row, conversation.participant_ids)
         requester = record.requester_id
-        keyring = await self._keys.encryption.keyring([requester])
-        decisions = [open_reason(keyring, requester, d) for d in await self._store.decisions(attempt_id)]
+        stored = await self._store.decisions(attempt_id)
+        keyring = await self._keys.encryption.keyring_covering({requester: [d.reason for d in stored]})
+        decisions = [open_reason(keyring, requester, d) for d in stored]
         if decisions and keyring.is_destroyed(requester):  # reasons are sealed with the requester's key
             record = msgspec.structs.replace(record, erased=[*record.erased, "decisions.reason"])
         detail = AttemptDetail(
@@ -250,14 +267,13 @@ class ModerationService:
             erased=list(record.erased),
             decisions=[_view(d) for d in decisions],
         )
-        async with self._db.transaction():
-            await self._audit.record(
-                actor=AuditActor.from_principal(principal),
-                action="moderation.attempt_viewed",
-                subject_type="attempt",
-                subject_id=attempt_id,
-                change={"conversationId": str(row["conversation_id"])},
-            )
+        await self._audit.record(  # in a transaction of its own: nothing else is written
+            actor=AuditActor.from_principal(principal),
+            action="moderation.attempt_viewed",
+            subject_type="attempt",
+            subject_id=attempt_id,
+            change={"conversationId": str(row["conversation_id"])},
+        )
         return detail
 
     async def override(
@@ -268,8 +284,9 @@ class ModerationService:
         idempotency_key: str | None = None,
     ) -> OverrideResult:
         """Apply a moderator's decision to the attempt's conversation (see
-        :mod:`app.domain.moderation_rules`). Bad reason: BAD_USER_INPUT; unknown attempt: NOT_FOUND; a
-        decision that does not apply, a concurrent change or a reused key with another request: CONFLICT."""
+        :mod:`app.domain.moderation_rules`). Bad reason: BAD_USER_INPUT; unknown attempt: NOT_FOUND; the
+        moderator's own conversation: FORBIDDEN; a decision that does not apply, a concurrent change or a
+        reused key with another request: CONFLICT."""
         try:
             reason = clean_reason(data.reason, self._settings.max_reason_chars)
         except ValueError as exc:
@@ -278,6 +295,8 @@ class ModerationService:
         # The reason is sealed with the requester's key, loaded (and created if need be) before the
         # transaction, so a rolled-back transaction never leaves a cached key whose row is gone.
         found = await self._store.attempt(attempt_id)
+        if found is not None:
+            _refuse_own(principal, found)  # before any key is created or replay looked up
         requester = found["requester_id"] if found else None
         keyring = await self._keys.encryption.keyring([requester], create=True) if requester else Keyring()
         keys = _ReasonKeys(requester, keyring)
@@ -352,6 +371,7 @@ class ModerationService:
             conversation = await self._profiles.get_conversation(attempt["conversation_id"])
             if conversation is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "The attempt's conversation no longer exists.")
+            _refuse_own(principal, attempt, conversation.participant_ids)
             try:
                 outcome = await self._decide(data, attempt, conversation.unlock_state, now)
             except ServiceError:

@@ -59,7 +59,10 @@ class SubmitConnectionKey:
             raise erased_account()
         cached = await self._deps.cache.get(quiz_cache_key(claims.key_id))
         if cached is not None:
-            return _quiz_decoder.decode(keyring.open(claims.target_id, quiz_cache_ref(claims.key_id), cached.decode()))
+            token = cached.decode()
+            # Sealed by whichever instance issued the quiz: its key may be newer than the one cached here.
+            keyring = await self._deps.encryption.keyring_covering({claims.target_id: [token]})
+            return _quiz_decoder.decode(keyring.open(claims.target_id, quiz_cache_ref(claims.key_id), token))
         found = await self._deps.keys.get_quiz(claims.key_id)
         if found is None:
             raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload names an unknown quiz.")
@@ -127,6 +130,9 @@ class SubmitConnectionKey:
             raise ServiceError(ErrorCode.BAD_USER_INPUT, "The signed payload belongs to another key.", field="id")
         if claims.requester_id != caller_id and not (on_behalf or moderator):
             raise ServiceError(ErrorCode.FORBIDDEN, "This quiz was issued to someone else.")
+        if moderator and not on_behalf and caller_id == claims.target_id:
+            # The quiz is about them: they know every answer. Another moderator must do it.
+            raise ServiceError(ErrorCode.FORBIDDEN, "Moderators may not submit quizzes about themselves.")
         if deps.settings.rate_limit.enabled:
             if client_ip:
                 await enforce_limit(

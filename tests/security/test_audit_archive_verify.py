@@ -61,7 +61,9 @@ async def _seal_next(services: Services, count: int) -> SealedSegment:
     return seal_segment(entries, last.last_entry_hash, last.last_sequence + 1, "audit/")
 
 
-async def _record_only(services: Services, segment: SealedSegment, version_id: str | None = None) -> None:
+async def _record_only(
+    services: Services, segment: SealedSegment, version_id: str | None = None, bucket: str = LOCKED
+) -> None:
     """Record a segment in ``audit_segments`` as the exporter would, whatever is in the bucket."""
     m = segment.manifest
     now = datetime.now(UTC)
@@ -75,7 +77,7 @@ async def _record_only(services: Services, segment: SealedSegment, version_id: s
                 first_previous_hash=m.first_previous_hash,
                 last_entry_hash=m.last_entry_hash,
                 body_sha256=m.body_sha256,
-                bucket=LOCKED,
+                bucket=bucket,
                 object_key=m.body_key,
                 manifest_key=manifest_key("audit/", m.first_sequence, m.last_sequence),
                 version_id=version_id,
@@ -93,7 +95,10 @@ def test_a_clean_archive_verifies_and_an_unrecorded_upload_is_only_info(database
             await record(services, 10)
             await exporter(services).export()  # 1-4 and 5-8
             orphan = await _seal_next(services, 2)  # 9-10 uploaded, then "crashed" before bookkeeping
-            await archive_from_settings(settings.audit).put_segment(orphan, datetime.now(UTC) + timedelta(days=400))
+            now = datetime.now(UTC)
+            await archive_from_settings(settings.audit).put_segment(
+                orphan, now + timedelta(days=400), retention_days=400, now=now
+            )
             return await _check(services), orphan.manifest.body_key
 
     report, orphan_key = asyncio.run(run())
@@ -163,14 +168,14 @@ def test_a_chain_rewritten_end_to_end_still_disagrees_with_the_archive(database_
     assert "previous_hash" in report.mismatches[1].problem
 
 
-def _put_locked(s3: Any, key: str, body: bytes, days: int | None = 400) -> str:
+def _put_locked(s3: Any, key: str, body: bytes, days: int | None = 400, bucket: str = LOCKED) -> str:
     """Put ``body`` under ``key`` (under COMPLIANCE retention of ``days``, or unlocked for ``None``);
     returns the new version's id."""
     lock: dict[str, Any] = {}
     if days is not None:
         lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days)}
     answer = s3.put_object(
-        Bucket=LOCKED,
+        Bucket=bucket,
         Key=key,
         Body=body,
         ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
@@ -306,3 +311,87 @@ def test_the_exporter_refuses_a_range_that_does_not_link_to_the_sealed_segment(
     ]
     result = CliRunner().invoke(ck, ["audit", "export", "--partial"], env=_env(settings))
     assert result.exit_code == 1 and "chain broken, nothing sealed: entry 5" in result.output, result.output
+
+
+def test_a_segment_recorded_in_another_bucket_is_a_mismatch_and_not_followed(
+    database_url: str, s3_endpoint: str
+) -> None:
+    """5-8 uploaded, intact and locked, to a bucket other than audit.s3_bucket and recorded as being
+    there (someone who can write audit_segments points it at a bucket they control): a mismatch, and
+    that bucket is never read."""
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="ck-audit-elsewhere", ObjectLockEnabledForBucket=True)
+
+    async def run() -> ArchiveReport:
+        async with open_services(settings, background=False) as services:
+            await record(services, 8)
+            await exporter(services).export()  # 1-4 and 5-8
+            await record(services, 4)
+            segment = await _seal_next(services, 4)
+            m = segment.manifest
+            _put_locked(
+                s3,
+                manifest_key("audit/", m.first_sequence, m.last_sequence),
+                segment.manifest_bytes,
+                400,
+                "ck-audit-elsewhere",
+            )
+            version = _put_locked(s3, m.body_key, segment.body, 400, "ck-audit-elsewhere")
+            await _record_only(services, segment, version, "ck-audit-elsewhere")
+            return await _check(services)
+
+    report = asyncio.run(run())
+    assert report.entries == 8
+    assert report.mismatches == [
+        ArchiveMismatch(
+            9,
+            12,
+            None,
+            f"recorded in bucket 'ck-audit-elsewhere', not the configured audit.s3_bucket '{LOCKED}' (not followed)",
+        )
+    ]
+    result = _verify_cli(settings)
+    assert result.exit_code == 1, result.output
+    assert "archive mismatch in segment 9-12: recorded in bucket 'ck-audit-elsewhere'" in result.output
+
+
+def test_a_key_with_a_second_version_or_a_delete_marker_is_a_mismatch(database_url: str, s3_endpoint: str) -> None:
+    """1-4 exported; a delete marker then the same manifest bytes again put over 1-4's manifest (the
+    latest version is locked and intact). 5-8: an older version of the body below the recorded one.
+    Both are mismatches although every byte read agrees."""
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    async def run() -> tuple[ArchiveReport, list[SegmentRecord]]:
+        async with open_services(settings, background=False) as services:
+            await record(services, 4)
+            (first,) = await exporter(services).export()
+            manifest = s3.get_object(Bucket=LOCKED, Key=first.manifest_key)["Body"].read()
+            s3.delete_object(Bucket=LOCKED, Key=first.manifest_key)
+            _put_locked(s3, first.manifest_key, manifest)
+            await record(services, 4)
+            segment = await _seal_next(services, 4)
+            m = segment.manifest
+            _put_locked(s3, manifest_key("audit/", m.first_sequence, m.last_sequence), segment.manifest_bytes)
+            _put_locked(s3, m.body_key, segment.body)
+            await _record_only(services, segment, _put_locked(s3, m.body_key, segment.body))
+            return await _check(services), await services.audit.store.segments()
+
+    report, segments = asyncio.run(run())
+    assert report.entries == 0
+    assert report.mismatches == [
+        ArchiveMismatch(
+            1,
+            4,
+            None,
+            f"manifest s3://{LOCKED}/{segments[0].manifest_key} has 3 versions (1 of them delete markers); "
+            "an exported key has exactly one",
+        ),
+        ArchiveMismatch(
+            5,
+            8,
+            None,
+            f"body s3://{LOCKED}/{segments[1].object_key} has 2 versions; an exported key has exactly one",
+        ),
+    ]

@@ -6,6 +6,7 @@ segments pin the chain against a wholesale rewrite."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import uuid
@@ -18,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
-from app.adapters.audit_archive import AuditArchiveError
+from app.adapters.audit_archive import ArchiveRefused, AuditArchiveError
 from app.cli import ck
 from app.db.audit_store import AuditStore
 from app.domain.audit_chain import AuditActor, compute_entry_hash
@@ -131,7 +132,8 @@ def test_cli_export_then_a_crash_before_bookkeeping_resumes_without_resealing(
             entries = await services.audit.store.batch(0, 4)
             segment = seal_segment(entries, entries[0].previous_hash, 1, "audit/")
             archive = archive_from_settings(settings.audit)
-            await archive.put_segment(segment, datetime.now(UTC) + timedelta(days=400))
+            now = datetime.now(UTC)
+            await archive.put_segment(segment, now + timedelta(days=400), retention_days=400, now=now)
             return segment.manifest.body_key
 
     key = asyncio.run(upload_without_recording())
@@ -155,7 +157,103 @@ def test_cli_export_then_a_crash_before_bookkeeping_resumes_without_resealing(
         async with open_services(settings, background=False):
             return await recorded()
 
-    assert [(s.first_sequence, s.last_sequence) for s in asyncio.run(check())] == [(1, 4)]
+    recorded_segments = asyncio.run(check())
+    assert [(s.first_sequence, s.last_sequence) for s in recorded_segments] == [(1, 4)]
+    assert recorded_segments[0].version_id == versions[0]["VersionId"]  # the adopted version is pinned
+    assert recorded_segments[0].retain_until == versions_retention(s3, key)
+
+
+def versions_retention(s3: Any, key: str) -> datetime:
+    return s3.head_object(Bucket=LOCKED, Key=key)["ObjectLockRetainUntilDate"]
+
+
+@pytest.mark.parametrize("body_days", [None, 30])
+def test_an_unrecorded_upload_without_enough_retention_is_refused_not_adopted(
+    database_url: str, s3_endpoint: str, body_days: int | None
+) -> None:
+    """A manifest and body found for the next range, the body unlocked (no retain-until date at all)
+    or locked for 30 days only: export raises ArchiveRefused each round, records nothing, and the
+    background loop keeps running (one error logged per round)."""
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    async def run() -> tuple[str, str, int]:
+        async with open_services(settings, background=False) as services:
+            await record(services, 4)
+            entries = await services.audit.store.batch(0, 4)
+            segment = seal_segment(entries, entries[0].previous_hash, 1, "audit/")
+            m = segment.manifest
+            _put(s3, m.body_key, segment.body, body_days)
+            _put(s3, m.body_key.replace(".jsonl", ".manifest.json"), segment.manifest_bytes, 400)
+            with pytest.raises(ArchiveRefused) as first:
+                await exporter(services).export()
+            with pytest.raises(ArchiveRefused) as second:
+                await exporter(services).export()
+            return str(first.value), str(second.value), len(await services.audit.store.segments())
+
+    first, second, recorded = asyncio.run(run())
+    assert first == second and recorded == 0
+    expected = "is not locked (no Object Lock retention)" if body_days is None else "retention too short"
+    assert expected in first and "refusing to adopt it" in first and ".jsonl (version " in first
+
+
+def _put(s3: Any, key: str, body: bytes, days: int | None) -> str:
+    lock: dict[str, Any] = {}
+    if days is not None:
+        lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days)}
+    md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+    return s3.put_object(Bucket=LOCKED, Key=key, Body=body, ContentMD5=md5, **lock)["VersionId"]
+
+
+def test_concurrent_exports_upload_each_segment_once(database_url: str, s3_endpoint: str) -> None:
+    """Two exporters (separate stores, as in two instances) export at the same time, twice over: each
+    segment is recorded once, each key has one version, and neither raises. On PostgreSQL the
+    advisory lock makes the loser skip its round; where it cannot reach (two SQLite processes, modelled
+    by two stores) the conditional put and the re-check before recording do."""
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    def second(services: Services) -> AuditExporter:
+        audit = services.settings.audit
+        return AuditExporter(services.db, AuditStore(), archive_from_settings(audit), audit, services.clock)
+
+    async def run() -> tuple[list[Any], list[Any], list[Any]]:
+        async with open_services(settings, background=False) as services:
+            await record(services, 8)
+            a, b = await asyncio.gather(exporter(services).export(), second(services).export())
+            await record(services, 4)
+            c, d = await asyncio.gather(second(services).export(), exporter(services).export())
+            return [*a, *b, *c, *d], await services.audit.store.segments(), [a, b, c, d]
+
+    exported, recorded, rounds = asyncio.run(run())
+    assert sorted((s.first_sequence, s.last_sequence) for s in exported) == [(1, 4), (5, 8), (9, 12)]
+    assert [(s.first_sequence, s.last_sequence) for s in recorded] == [(1, 4), (5, 8), (9, 12)]
+    if not database_url.startswith("sqlite"):
+        assert [] in rounds[:2] and [] in rounds[2:]  # the loser skipped its round entirely
+    listing = s3.list_object_versions(Bucket=LOCKED, Prefix="audit/")
+    keys = [v["Key"] for v in listing.get("Versions", [])]
+    assert len(keys) == 6 and len(set(keys)) == 6 and not listing.get("DeleteMarkers")
+    assert {s.version_id for s in recorded} == {
+        v["VersionId"] for v in listing["Versions"] if v["Key"].endswith(".jsonl")
+    }
+
+
+def test_an_existing_key_with_other_bytes_is_refused_not_overwritten(database_url: str, s3_endpoint: str) -> None:
+    settings = audit_settings(database_url, s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    async def run() -> tuple[str, int]:
+        async with open_services(settings, background=False) as services:
+            await record(services, 4)
+            _put(s3, "audit/segments/000000000000001-000000000000004.jsonl", b"planted\n", 400)
+            with pytest.raises(ArchiveRefused) as refused:
+                await exporter(services).export()
+            return str(refused.value), len(await services.audit.store.segments())
+
+    message, recorded = asyncio.run(run())
+    assert "already holds different bytes" in message and recorded == 0
+    listing = s3.list_object_versions(Bucket=LOCKED, Prefix="audit/")
+    assert [v["Key"] for v in listing["Versions"]] == ["audit/segments/000000000000001-000000000000004.jsonl"]
 
 
 def test_sealed_segments_catch_a_rewritten_chain(database_url: str, s3_endpoint: str) -> None:

@@ -15,11 +15,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from app.db.profile_store import ProfileStore
 from app.db.tables import Profile, UserDataKey
-from app.domain.field_crypto import DecryptionError, FieldRef, KeyDestroyedError, is_ciphertext
+from app.domain.audit_chain import AuditActor
+from app.domain.field_crypto import DecryptionError, FieldRef, KeyDestroyedError, is_ciphertext, token_key_id
+from app.domain.quiz import ProfileInput
 from app.services.audit import verify_chain
+from app.services.create_key import quiz_cache_key, quiz_cache_ref
+from app.services.encryption import FieldEncryption
 from app.services.key_rotation import KeyRotation, legacy_plaintext_left
 from app.settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
@@ -276,6 +282,76 @@ async def test_data_rotation_reseals_with_fresh_keys_and_legacy_plaintext_gets_s
     assert [q.prompt for q in quiz.questions] == [q["prompt"] for q in payload["questions"]]
     attempt = await services.key_store.get_attempt(uuid.UUID(outcome["attemptId"]))
     assert attempt is not None and all(MARKERS["answer"] in r.value for r in attempt.responses or [])
+
+
+@pytest.mark.asyncio
+async def test_a_data_rotation_in_another_process_does_not_break_reads_with_stale_cached_keys(api: Api) -> None:
+    """``ck keys rotate-data`` runs in its own process: this one still has the old keys cached (current =
+    old) while every value names the fresh key. Reads reload the owner's keys instead of failing."""
+    alice, bob, payload, outcome = await _flow(api)
+    carol = uuid.uuid4()
+    await _put_profile(api, carol, _profile("Carol"))
+    services = api.services
+    key_id, attempt_id = uuid.UUID(payload["id"]), uuid.UUID(outcome["attemptId"])
+    pending = await api.create_key(carol, bob)  # answered after the rotation, from the quiz cache
+    pending_answers = await api.answers(pending, correct=False)
+    assert (await services.profile_store.get_profile(bob)) is not None  # old keys now cached here
+    assert await services.key_store.get_attempt(attempt_id) is not None
+    before = (await services.encryption.keyring([bob])).get(bob)
+    assert before is not None and before.current is not None
+
+    # Another process: same database, its own key cache.
+    elsewhere = FieldEncryption(services.encryption.keks, services.encryption.store, services.clock)
+    rotation = KeyRotation(services.db, elsewhere, services.audit, services.clock)
+    report = await rotation.rotate_data(services.clock(), batch_size=10)
+    assert report.complete and report.done == 3  # alice, bob, carol
+    raw = await Profile.select(Profile.bio).where(Profile.user_id == bob).first().run()
+    assert token_key_id(raw["bio"]) != before.current.key_id
+    assert (await services.encryption.keyring([bob])).get(bob) == before  # still stale here
+    # That process (re)issues the cached quiz with Bob's fresh key, as its create_key would.
+    cache_key, ref = quiz_cache_key(uuid.UUID(pending["id"])), quiz_cache_ref(uuid.UUID(pending["id"]))
+    theirs = await elsewhere.keyring([bob])
+    blob = (await services.cache.get(cache_key) or b"").decode()
+    await services.cache.set(cache_key, theirs.seal(bob, ref, theirs.open(bob, ref, blob)).encode(), 600)
+
+    profile = await services.profile_store.get_profile(bob)
+    assert profile is not None and MARKERS["bio"] in (profile.bio or "")
+    found = await services.key_store.get_quiz(key_id)
+    assert found is not None
+    assert [q.prompt for q in found[0].questions] == [q["prompt"] for q in payload["questions"]]
+    attempt = await services.key_store.get_attempt(attempt_id)
+    assert attempt is not None and all(MARKERS["answer"] in r.value for r in attempt.responses or [])
+    assert attempt.feedback is not None
+    refreshed = (await services.encryption.keyring([bob])).get(bob)
+    assert refreshed is not None and refreshed.current is not None and refreshed.current.key_id != before.current.key_id
+    me = await api.gql("{ me { displayName } }", alice)
+    assert me["data"]["me"]["displayName"] == "Alice", me
+    submitted = await api.submit(carol, pending["signedPayload"], pending_answers)
+    assert "errors" not in submitted, submitted
+
+
+@pytest.mark.asyncio
+async def test_a_profile_write_racing_an_erasure_neither_fails_reads_nor_resurrects_the_profile(api: Api) -> None:
+    _, bob, _, _ = await _flow(api)
+    services = api.services
+    row = await Profile.select().where(Profile.user_id == bob).first().run()
+    # A writer that read (cached) Bob's key before the erasure, in another process.
+    stale = FieldEncryption(services.encryption.keks, services.encryption.store, services.clock)
+    assert not (await stale.keyring([bob])).is_destroyed(bob)
+    await services.erasure.erase(bob, AuditActor.system())
+
+    # A row sealed with the now destroyed key (left by a write that raced the erasure) reads as no profile.
+    await Profile.insert(Profile(**row)).run()
+    assert await services.profile_store.get_profile(bob) is None
+    assert (await api.gql("{ me { displayName } }", bob))["data"]["me"] is None
+    await Profile.delete().where(Profile.user_id == bob).run()
+
+    # The stale writer's upsert is refused (its cached key is not destroyed, the key row is) and writes nothing.
+    data = msgspec.convert(_profile(), ProfileInput)
+    with pytest.raises(KeyDestroyedError):
+        async with services.db.transaction():
+            await ProfileStore(stale).upsert_profile(bob, data, services.clock())
+    assert await Profile.select().where(Profile.user_id == bob).first().run() is None
 
 
 @pytest.mark.asyncio

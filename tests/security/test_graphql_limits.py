@@ -109,7 +109,8 @@ def test_cost_counts_fields_and_multiplies_lists() -> None:
     # Fragments (also cyclic ones, which validation rejects anyway) and introspection.
     assert _cost("{ me { ...F } } fragment F on Profile { userId bio }") == 3
     assert _cost("{ me { ...F } } fragment F on Profile { ...F userId }") == 2
-    assert _cost("{ __schema { types { name } } }") == 0
+    assert _cost("{ __schema { types { name } } }") == 1  # one field: introspection has its own switch
+    assert _cost("{ __typename me { __typename } }") == 3  # so that a chain of them is not free
 
 
 @SQLITE
@@ -186,3 +187,38 @@ async def test_limits_apply_over_websocket(api_factory: Start, database_url: str
         assert message["type"] == "error", message
         assert errors[0]["extensions"] == {"code": "BAD_USER_INPUT", "limit": "aliases"}
     assert not api.services.pubsub._subscribers  # type: ignore[attr-defined]  # the resolver never ran
+
+
+def _fragment_chain(levels: int) -> str:
+    """``{ ...F0 }`` where every fragment spreads the next one twice: 2**levels ``__typename`` selections
+    once expanded, in a document of a few hundred bytes."""
+    fragments = " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels))
+    return f"query {{ ...F0 }} {fragments} fragment F{levels} on Query {{ __typename }}"
+
+
+@SQLITE
+@pytest.mark.asyncio
+async def test_nested_fragment_chains_are_measured_once_per_fragment_and_refused(
+    api_factory: Start, database_url: str
+) -> None:
+    """Each fragment's cost and depth are computed once: re-walking them at every spread (strawberry's depth
+    limiter did, and the cost rule did) made validating 30 levels take about 2**30 steps, on the event loop,
+    before any login check; and ``__typename`` costing nothing let the chain through."""
+    api = await _start(api_factory, database_url)
+    document = _fragment_chain(30)
+    assert len(document) < 2000
+    refused = _refusal(await api.gql(document))
+    assert refused == {"code": "BAD_USER_INPUT", "limit": "complexity"}
+    schema = build_schema()._schema
+    tree = parse(document)
+    fragments = {d.name.value: d for d in tree.definitions if isinstance(d, FragmentDefinitionNode)}
+    operation = next(d for d in tree.definitions if isinstance(d, OperationDefinitionNode))
+    assert operation_cost(operation, schema, fragments, 10) == 2**30
+
+
+@SQLITE
+@pytest.mark.asyncio
+async def test_an_unknown_fragment_is_a_typed_error(api_factory: Start, database_url: str) -> None:
+    result = await (await _start(api_factory, database_url)).gql("query { ...Nope }")
+    assert result.get("data") is None
+    assert [e["extensions"]["code"] for e in result["errors"]] == ["BAD_USER_INPUT"]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -18,6 +18,7 @@ import structlog
 from app.db.key_store import AttemptRow
 from app.db.tables import AuditLogEntry, ConnectionKeyAttempt, ConnectionKeyEvent, ModerationDecision
 from app.domain.field_crypto import is_ciphertext
+from app.domain.moderation_rules import PageCursor, encode_cursor
 from app.domain.quiz import QuestionKind
 from app.domain.scoring import QuestionOutcome
 from app.services.unlock_orchestrator import status_channel
@@ -237,6 +238,28 @@ async def test_list_filters_and_pages_without_gaps_or_duplicates(api: Api) -> No
         )
 
 
+async def test_out_of_range_times_are_bad_input_not_a_server_error(api: Api) -> None:
+    headers = moderator_headers(api)
+    far_past = encode_cursor(PageCursor(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), uuid.uuid4()))
+    far_future = encode_cursor(
+        PageCursor(datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))), uuid.uuid4())
+    )
+    for params in (
+        {"cursor": far_past},
+        {"cursor": far_future},
+        {"submittedSince": "0001-01-01T00:00:00+01:00"},
+        {"submittedUntil": "9999-12-31T23:00:00-05:00"},
+        {"submittedSince": "1999-12-31T23:59:59Z"},
+        {"submittedSince": "2026-01-01T00:00:00Z", "submittedUntil": "0001-01-01T00:00:00+01:00"},
+    ):
+        response = await api.client.get("/moderation/attempts", params=params, headers=headers)
+        body = assert_problem(response, 400, "BAD_USER_INPUT")
+        assert "2000" in body["detail"] or "cursor" in body["detail"], body
+    edges = {"submittedSince": "2000-01-01T00:00:00Z", "submittedUntil": "9999-12-31T23:59:59Z"}
+    response = await api.client.get("/moderation/attempts", params=edges, headers=headers)
+    assert response.status_code == 200, response.text
+
+
 # -- a real attempt: detail, override, moderator submission --------------------------------------------
 
 
@@ -382,6 +405,32 @@ async def test_override_unlocks_retries_and_locks_through_the_unlock_machinery(a
     assert ("moderation.override_unchanged", "moderator") in actions
 
 
+async def test_a_moderator_may_not_override_or_read_an_attempt_in_their_own_conversation(api: Api) -> None:
+    alice, bob, payload, outcome = await failed_attempt(api)
+    attempt_id, conversation_id = outcome["attemptId"], payload["conversationId"]
+    url = f"/moderation/attempts/{attempt_id}/override"
+    audit_before = await AuditLogEntry.count().run()
+    for participant in (alice, bob):  # the requester and the target alike
+        headers = moderator_headers(api, participant)
+        for decision in ("UNLOCK", "ALLOW_RETRY", "LOCK"):
+            for extra in ({}, {"Idempotency-Key": f"own-{decision}"}):
+                response = await api.client.post(
+                    url, json={"decision": decision, "reason": "my own"}, headers={**headers, **extra}
+                )
+                body = assert_problem(response, 403, "FORBIDDEN")
+                assert "own conversation" in body["detail"], body
+        detail = await api.client.get(f"/moderation/attempts/{attempt_id}", headers=headers)
+        assert "own conversation" in assert_problem(detail, 403, "FORBIDDEN")["detail"]
+    assert await ModerationDecision.count().run() == 0
+    assert await AuditLogEntry.count().run() == audit_before
+    assert await conversation_state(api, alice, conversation_id) == "RETRY_AVAILABLE"
+    # Anyone else with the role still may.
+    other = moderator_headers(api)
+    unlocked = await api.client.post(url, json={"decision": "UNLOCK", "reason": "scorer missed it"}, headers=other)
+    assert unlocked.status_code == 201, unlocked.text
+    assert (await api.client.get(f"/moderation/attempts/{attempt_id}", headers=other)).status_code == 200
+
+
 async def test_bad_overrides_are_refused_and_write_nothing(api: Api) -> None:
     _, _, payload, outcome = await failed_attempt(api)
     url = f"/moderation/attempts/{outcome['attemptId']}/override"
@@ -472,3 +521,18 @@ async def test_a_requester_who_is_a_moderator_submits_as_themselves(api: Api) ->
     row = await ConnectionKeyAttempt.select().first().run()
     assert row["submitted_by"] is None
     assert await audit_actions(row["id"]) == []
+
+
+async def test_a_moderator_may_not_submit_a_quiz_about_themselves(api: Api) -> None:
+    """The target knows every answer to a quiz about themselves: as a moderator they may not submit it for
+    the requester. Nothing is written."""
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    await api.upsert_profile(alice, "Alice")
+    await api.upsert_profile(bob, "Bob")
+    payload = await api.create_key(alice, bob)
+    body = {"signedPayload": payload["signedPayload"], "answers": await api.answers(payload)}
+    url = f"/connection-keys/{payload['id']}/responses"
+    assert_problem(await api.client.post(url, json=body, headers=moderator_headers(api, bob)), 403, "FORBIDDEN")
+    assert await ConnectionKeyAttempt.count() == 0
+    # Another moderator still may.
+    assert (await api.client.post(url, json=body, headers=moderator_headers(api))).status_code == 201

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -96,6 +96,30 @@ def test_cursor_round_trips_and_rejects_anything_else() -> None:
     for bad in ("", "!!!", "e30", "W10", token[:-3], "A" * 500, naive, "WyIyMDI2IiwieCJd"):
         with pytest.raises(ValueError):
             decode_cursor(bad)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),  # before year 1 in UTC: OverflowError
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),  # past year 9999 in UTC
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),  # representable, but out of the accepted range
+        datetime(2000, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),  # 1999 once in UTC
+    ],
+)
+def test_cursor_with_an_out_of_range_time_is_invalid_not_a_crash(when: datetime) -> None:
+    with pytest.raises(ValueError, match="cursor is not valid"):
+        decode_cursor(encode_cursor(PageCursor(when, uuid.uuid4())))
+
+
+def test_cursor_times_are_normalised_to_utc_within_the_range() -> None:
+    ident = uuid.uuid4()
+    earliest = decode_cursor(
+        encode_cursor(PageCursor(datetime(2000, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))), ident))
+    )
+    assert earliest == PageCursor(datetime(2000, 1, 1, tzinfo=UTC), ident) and earliest.submitted_at.tzinfo is UTC
+    latest = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(PageCursor(latest, ident))).submitted_at == latest
 
 
 @pytest.mark.parametrize(

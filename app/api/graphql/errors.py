@@ -29,7 +29,10 @@ def _typed(error: GraphQLError) -> GraphQLError:
             original,
             extensions={"code": original.code.value, **original.extra},
         )
-    if original is None or isinstance(original, (GraphQLError, InvalidOperationTypeError, CannotGetOperationTypeError)):
+    client_error = isinstance(original, (InvalidOperationTypeError, CannotGetOperationTypeError)) or (
+        isinstance(original, GraphQLError) and error.path is None  # during execution it would be a server bug
+    )
+    if original is None or client_error:
         # Parse and validation errors (unknown field, wrong argument type...), variables that do not
         # coerce (graphql-core wraps the inner GraphQLError, whose message quotes the values: never
         # logged) and a subscription sent over HTTP: the client's to fix.

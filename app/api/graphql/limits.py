@@ -2,8 +2,10 @@
 
 Each limit is a graphql-core validation rule (tokens: a parser option), so a refused document never
 reaches a resolver, and the same schema extensions run for HTTP and for WebSocket operations. Strawberry's
-own limiters are used where they exist; only the cost estimate is written here. Refusals carry
-``extensions.code = BAD_USER_INPUT`` and ``extensions.limit`` naming the limit.
+token limiter is used; depth, aliases and cost are written here because they must look at each fragment once
+per document (strawberry's depth and alias limiters re-walk a fragment at every spread: a chain of fragments
+each spreading the next twice took exponential time to validate, on the event loop, before any login check).
+Refusals carry ``extensions.code = BAD_USER_INPUT`` and ``extensions.limit`` naming the limit.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ from graphql import (
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
-    QueryDepthLimiter,
     SchemaExtension,
 )
 
@@ -82,41 +82,54 @@ def _named(type_: Any) -> tuple[Any, bool]:
     return type_, is_list
 
 
-def _selection_cost(
-    selection_set: SelectionSetNode | None,
-    parent: Any,
-    schema: GraphQLSchema,
-    fragments: Mapping[str, FragmentDefinitionNode],
-    list_factor: int,
-    visiting: frozenset[str],
-) -> int:
-    if selection_set is None:
-        return 0
-    total = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            name = selection.name.value
-            if name.startswith("__"):
-                continue  # introspection has its own switch and is cheap
-            fields = parent.fields if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType) else {}
-            field = fields.get(name)
-            if field is None:
-                continue  # unknown fields are reported by the standard rules
-            child, is_list = _named(field.type)
-            cost = 1 + _selection_cost(selection.selection_set, child, schema, fragments, list_factor, visiting)
-            total += cost * (list_factor if is_list else 1)
-        elif isinstance(selection, InlineFragmentNode):
-            condition = selection.type_condition
-            target = schema.get_type(condition.name.value) if condition else parent
-            total += _selection_cost(selection.selection_set, target, schema, fragments, list_factor, visiting)
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            if fragment is None or name in visiting:
-                continue  # unknown and cyclic fragments are reported by the standard rules
-            target = schema.get_type(fragment.type_condition.name.value)
-            total += _selection_cost(fragment.selection_set, target, schema, fragments, list_factor, visiting | {name})
-    return total
+class _CostEstimate:
+    """Cost of one document's selections. A fragment's cost is computed once per document: recomputing it
+    at every spread would make ``fragment F{i} { ...F{i+1} ...F{i+1} }`` chains cost exponential time to
+    *validate*, before any limit could refuse them."""
+
+    def __init__(self, schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinitionNode], list_factor: int):
+        self._schema = schema
+        self._fragments = fragments
+        self._list_factor = list_factor
+        self._memo: dict[str, int] = {}
+        self._visiting: set[str] = set()
+
+    def selections(self, selection_set: SelectionSetNode | None, parent: Any) -> int:
+        if selection_set is None:
+            return 0
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                name = selection.name.value
+                if name.startswith("__"):
+                    total += 1  # introspection has its own switch; counted so it cannot be repeated for free
+                    continue
+                fields = parent.fields if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType) else {}
+                field = fields.get(name)
+                if field is None:
+                    continue  # unknown fields are reported by the standard rules
+                child, is_list = _named(field.type)
+                cost = 1 + self.selections(selection.selection_set, child)
+                total += cost * (self._list_factor if is_list else 1)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                target = self._schema.get_type(condition.name.value) if condition else parent
+                total += self.selections(selection.selection_set, target)
+            elif isinstance(selection, FragmentSpreadNode):
+                total += self.fragment(selection.name.value)
+        return total
+
+    def fragment(self, name: str) -> int:
+        if name in self._memo:
+            return self._memo[name]
+        fragment = self._fragments.get(name)
+        if fragment is None or name in self._visiting:
+            return 0  # unknown and cyclic fragments are reported by the standard rules
+        self._visiting.add(name)
+        target = self._schema.get_type(fragment.type_condition.name.value)
+        self._memo[name] = cost = self.selections(fragment.selection_set, target)
+        self._visiting.discard(name)
+        return cost
 
 
 def operation_cost(
@@ -127,16 +140,97 @@ def operation_cost(
 ) -> int:
     """Estimated cost of one operation: each field 1 plus its selections, times ``list_factor`` for lists."""
     root = schema.get_root_type(operation.operation)
-    return _selection_cost(operation.selection_set, root, schema, fragments, list_factor, frozenset())
+    return _CostEstimate(schema, fragments, list_factor).selections(operation.selection_set, root)
+
+
+def _fragments_of(context: ValidationContext) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+
+class _Levels:
+    """How many levels of fields a selection set holds (introspection fields not counted), each fragment
+    measured once per document for the same reason as :class:`_CostEstimate`."""
+
+    def __init__(self, fragments: Mapping[str, FragmentDefinitionNode]) -> None:
+        self._fragments = fragments
+        self._memo: dict[str, int] = {}
+        self._visiting: set[str] = set()
+
+    def of(self, selection_set: SelectionSetNode | None) -> int:
+        if selection_set is None:
+            return 0
+        deepest = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                levels = 0 if selection.name.value.startswith("__") else 1 + self.of(selection.selection_set)
+            elif isinstance(selection, InlineFragmentNode):
+                levels = self.of(selection.selection_set)
+            else:
+                levels = self.fragment(selection.name.value)
+            deepest = max(deepest, levels)
+        return deepest
+
+    def fragment(self, name: str) -> int:
+        if name in self._memo:
+            return self._memo[name]
+        fragment = self._fragments.get(name)
+        if fragment is None or name in self._visiting:
+            return 0  # unknown and cyclic fragments are reported by the standard rules
+        self._visiting.add(name)
+        self._memo[name] = levels = self.of(fragment.selection_set)
+        self._visiting.discard(name)
+        return levels
+
+
+def _alias_rule(max_aliases: int) -> type[ValidationRule]:
+    """Refuses a document with more than ``max_aliases`` aliased fields, each alias counted once where it is
+    written. Aliases are how one request repeats a mutation under several response keys, and every such
+    key is written out; strawberry's limiter expands fragments at every spread instead (exponential)."""
+
+    class AliasLimit(ValidationRule):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            self._count = 0
+
+        def enter_field(self, node: FieldNode, *_: Any) -> None:
+            if node.alias is not None:
+                self._count += 1
+
+        def leave_document(self, node: Any, *_: Any) -> None:
+            if self._count > max_aliases:
+                self.report_error(
+                    GraphQLError(f"{self._count} aliases in one document; at most {max_aliases} are allowed.", node)
+                )
+
+    return AliasLimit
+
+
+def _depth_rule(max_depth: int) -> type[ValidationRule]:
+    """Refuses an operation whose deepest field sits more than ``max_depth`` levels below its root fields
+    (``{ me { userId } }`` is depth 1), the way strawberry's ``QueryDepthLimiter`` counts, in linear time."""
+
+    class DepthLimit(ValidationRule):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            levels = _Levels(_fragments_of(context))
+            for definition in context.document.definitions:
+                if isinstance(definition, OperationDefinitionNode):
+                    depth = levels.of(definition.selection_set) - 1
+                    if depth > max_depth:
+                        name = definition.name.value if definition.name else "anonymous"
+                        context.report_error(
+                            GraphQLError(f"'{name}' exceeds maximum operation depth of {max_depth}", definition)
+                        )
+
+    return DepthLimit
 
 
 def _complexity_rule(max_complexity: int, list_factor: int) -> type[ValidationRule]:
     class ComplexityLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            document = context.document
-            fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-            for definition in document.definitions:
+            fragments = _fragments_of(context)
+            for definition in context.document.definitions:
                 if not isinstance(definition, OperationDefinitionNode):
                     continue
                 cost = operation_cost(definition, context.schema, fragments, list_factor)
@@ -155,8 +249,8 @@ def _complexity_rule(max_complexity: int, list_factor: int) -> type[ValidationRu
 def limit_extensions(settings: GraphQLSettings, *, production: bool) -> list[Callable[[], SchemaExtension]]:
     """Schema extension factories enforcing ``settings``; introspection follows ``production`` unless set."""
     rules: list[type[ValidationRule]] = [
-        _tagged(QueryDepthLimiter(max_depth=settings.max_depth).validation_rules[0], "depth"),
-        _tagged(MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules[0], "aliases"),
+        _tagged(_depth_rule(settings.max_depth), "depth"),
+        _tagged(_alias_rule(settings.max_aliases), "aliases"),
         _tagged(_complexity_rule(settings.max_complexity, settings.list_cost_factor), "complexity"),
     ]
     introspection = (not production) if settings.introspection is None else settings.introspection

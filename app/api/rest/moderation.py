@@ -16,7 +16,7 @@ from app.api.rest.problems import problem_responses
 from app.auth import Principal, require_moderator
 from app.db.moderation_store import AttemptFilter
 from app.domain.moderation_contract import AttemptDetail, AttemptPage, OverrideInput, OverrideResult
-from app.domain.moderation_rules import PageCursor, decode_cursor
+from app.domain.moderation_rules import PageCursor, TimeOutOfRange, decode_cursor, utc_in_range
 from app.domain.quiz import UnlockState
 from app.errors import ErrorCode, ServiceError
 from app.services.container import Services
@@ -38,9 +38,15 @@ async def provide_moderator(principal: NamedDependency[Principal]) -> Principal:
 
 
 def _utc(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """``value`` in UTC; BAD_USER_INPUT without an offset or out of range (never a driver error)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise ServiceError(ErrorCode.BAD_USER_INPUT, f"{name} needs a UTC offset (e.g. ...Z).", field=name)
-    return value
+    try:
+        return utc_in_range(value)
+    except TimeOutOfRange as exc:
+        raise ServiceError(ErrorCode.BAD_USER_INPUT, f"{name}: {exc}", field=name) from None
 
 
 class ModerationController(Controller):
@@ -56,8 +62,9 @@ class ModerationController(Controller):
         "/attempts",
         summary="List attempts",
         description="Submitted attempts, newest first, filtered and paged by an opaque `cursor` (pass "
-        "`nextCursor` back, with the same filters). Times are ISO 8601 with an offset; `submittedSince` is "
-        "inclusive and `submittedUntil` exclusive. " + _ACCESS,
+        "`nextCursor` back, with the same filters). Times are ISO 8601 with an offset, in the years 2000 to "
+        "9999 once in UTC (400 `BAD_USER_INPUT` otherwise); `submittedSince` is inclusive and "
+        "`submittedUntil` exclusive. " + _ACCESS,
         responses=problem_responses(400, 401, 403),
     )
     async def list_attempts(

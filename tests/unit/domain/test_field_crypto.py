@@ -143,3 +143,58 @@ def test_a_refusing_keyring_rejects_plaintext_reads_but_reseal_takes_a_writers_p
     older = Keyring({owner: UserKeys(old)}).seal(owner, REF, "sealed before the rotation")
     moved = refusing.reseal(owner, REF, older)
     assert token_key_id(moved) == new.key_id and refusing.open(owner, REF, moved) == "sealed before the rotation"
+
+
+def test_lacks_key_for_names_tokens_under_a_key_the_keyring_does_not_hold() -> None:
+    owner, erased, stranger = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    old, new = new_data_key(), new_data_key()
+    stale = Keyring({owner: UserKeys(old), erased: UserKeys(None)})
+    rotated = Keyring({owner: UserKeys(new, previous=old)})
+    fresh_token = rotated.seal(owner, REF, "sealed after a rotation elsewhere")
+    assert stale.lacks_key_for(owner, fresh_token)  # the stale copy must be reloaded
+    assert not stale.lacks_key_for(owner, stale.seal(owner, REF, "x"))
+    assert not rotated.lacks_key_for(owner, stale.seal(owner, REF, "x"))  # previous key covers it
+    assert not stale.lacks_key_for(owner, None) and not stale.lacks_key_for(owner, "legacy plaintext")
+    assert not stale.lacks_key_for(erased, fresh_token) and not stale.lacks_key_for(stranger, fresh_token)
+
+
+def test_writer_seals_token_shaped_feedback_verbatim() -> None:
+    """A scorer's feedback that happens to look like a token is a writer's plaintext: sealed, never opened."""
+    import datetime as dt
+
+    import msgspec
+
+    from app.db.key_store import AttemptRow, open_attempt, seal_attempt
+
+    requester, target = uuid.uuid4(), uuid.uuid4()
+    keyring = Keyring({requester: UserKeys(new_data_key()), target: UserKeys(new_data_key())})
+    lookalike = "ck1.abc.AAAA"
+    assert is_ciphertext(lookalike)
+    now = dt.datetime.now(dt.UTC)
+    line = {"questionId": str(uuid.uuid4()), "kind": "FREE_TEXT", "score": 0.5, "feedback": lookalike}
+    row = AttemptRow(
+        id=uuid.uuid4(),
+        connection_key_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        requester_id=requester,
+        target_id=target,
+        responses=msgspec.json.encode([]).decode(),
+        total_elapsed_ms=None,
+        score=0.5,
+        passed=False,
+        breakdown=msgspec.json.encode([line]).decode(),
+        shadow_breakdown=msgspec.json.encode([line]).decode(),
+        experiments="{}",
+        feedback=msgspec.json.encode([lookalike]).decode(),
+        unlock_state="LOCKED",
+        retry_available_at=None,
+        started_at=now,
+        submitted_at=now,
+    )
+    sealed = seal_attempt(keyring, row)
+    stored = msgspec.json.decode(sealed.breakdown)[0]["feedback"]
+    assert is_ciphertext(stored) and stored != lookalike and lookalike not in sealed.breakdown
+    record = open_attempt(msgspec.structs.asdict(sealed), keyring)
+    assert [line["feedback"] for line in record.breakdown] == [lookalike]
+    assert [line["feedback"] for line in record.shadow_breakdown] == [lookalike]
+    assert record.feedback == [lookalike] and record.responses == [] and record.erased == []
