@@ -147,13 +147,19 @@ def sealed_question_values(question: GeneratedQuestion, owner: uuid.UUID, keyrin
     )
 
 
+def breakdown_feedback_ref(attempt_id: uuid.UUID, column: str, index: int, line: dict[str, Any]) -> FieldRef:
+    """Where one breakdown line's feedback lives: the column, the line's position and question, so feedback
+    moved to another line (or another attempt) does not decrypt."""
+    return FieldRef(ATTEMPT_TABLE, f"{column}.feedback.{index}.{line.get('question_id')}", attempt_id)
+
+
 def seal_breakdown(keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str) -> str:
     """Seal the free-text ``feedback`` of each line of an encoded breakdown. The feedback is a writer's
     plaintext, always (a scorer's text shaped like a token is sealed as it is, never opened)."""
-    ref = FieldRef(ATTEMPT_TABLE, f"{column}.feedback", attempt_id)
     decoded = _lines.decode(lines)
-    for line in decoded:
+    for index, line in enumerate(decoded):
         if line.get("feedback") is not None:
+            ref = breakdown_feedback_ref(attempt_id, column, index, line)
             line["feedback"] = keyring.seal(owner, ref, line["feedback"])
     return _json.encode(decoded).decode()
 
@@ -161,13 +167,13 @@ def seal_breakdown(keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, co
 def _open_breakdown(
     keyring: Keyring, owner: uuid.UUID, attempt_id: uuid.UUID, column: str, lines: str
 ) -> tuple[list[dict[str, Any]], bool]:
-    ref = FieldRef(ATTEMPT_TABLE, f"{column}.feedback", attempt_id)
     decoded, erased = _lines.decode(lines), False
-    for line in decoded:
+    for index, line in enumerate(decoded):
         if line.get("feedback") is not None:
             if keyring.is_destroyed(owner):
                 line["feedback"], erased = None, True
             else:
+                ref = breakdown_feedback_ref(attempt_id, column, index, line)
                 line["feedback"] = keyring.open(owner, ref, line["feedback"])
     return decoded, erased
 

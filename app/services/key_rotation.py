@@ -29,7 +29,7 @@ import structlog
 from piccolo.table import Table
 
 from app.db.engine import Database
-from app.db.key_store import ATTEMPT_TABLE, QUESTION_SEALED_COLUMNS, QUESTION_TABLE
+from app.db.key_store import ATTEMPT_TABLE, QUESTION_SEALED_COLUMNS, QUESTION_TABLE, breakdown_feedback_ref
 from app.db.moderation_store import DECISION_TABLE
 from app.db.profile_store import PROFILE_SEALED_COLUMNS
 from app.db.tables import ConnectionKey, ConnectionKeyAttempt, ConnectionKeyQuestion, ModerationDecision, Profile
@@ -67,10 +67,13 @@ def _convert(owner: uuid.UUID, ref: FieldRef, stored: str | None, opener: Keyrin
     return sealer.reseal(owner, ref, stored, opener)
 
 
-def _convert_lines(owner: uuid.UUID, ref: FieldRef, stored: Any, opener: Keyring, sealer: Keyring) -> str:
+def _convert_lines(
+    owner: uuid.UUID, attempt_id: uuid.UUID, column: str, stored: Any, opener: Keyring, sealer: Keyring
+) -> str:
     lines = _lines.decode(stored if isinstance(stored, str) else _json.encode(stored))
-    for line in lines:
+    for index, line in enumerate(lines):
         if line.get("feedback") is not None:
+            ref = breakdown_feedback_ref(attempt_id, column, index, line)
             line["feedback"] = _convert(owner, ref, line["feedback"], opener, sealer)
     return _json.encode(lines).decode()
 
@@ -113,7 +116,7 @@ async def _reseal_user(user_id: uuid.UUID, opener: Keyring, sealer: Keyring) -> 
                 user_id, FieldRef(ATTEMPT_TABLE, "responses", row["id"]), row["responses"], opener, sealer
             ),
             **{
-                c: _convert_lines(user_id, FieldRef(ATTEMPT_TABLE, f"{c}.feedback", row["id"]), row[c], opener, sealer)
+                c: _convert_lines(user_id, row["id"], c, row[c], opener, sealer)
                 for c in ("breakdown", "shadow_breakdown")
             },
         }

@@ -18,10 +18,20 @@ from typing import Any
 import msgspec
 import pytest
 
+from app.db.key_store import breakdown_feedback_ref, seal_breakdown
 from app.db.profile_store import ProfileStore
 from app.db.tables import Profile, UserDataKey
 from app.domain.audit_chain import AuditActor
-from app.domain.field_crypto import DecryptionError, FieldRef, KeyDestroyedError, is_ciphertext, token_key_id
+from app.domain.field_crypto import (
+    DecryptionError,
+    FieldRef,
+    KeyDestroyedError,
+    Keyring,
+    UserKeys,
+    is_ciphertext,
+    new_data_key,
+    token_key_id,
+)
 from app.domain.quiz import ProfileInput
 from app.services.audit import verify_chain
 from app.services.create_key import quiz_cache_key, quiz_cache_ref
@@ -447,3 +457,23 @@ def test_erase_cli_is_audited_and_idempotent(database_url: str) -> None:
     assert "--batch-size" in runner.invoke(ck, ["keys", "rotate", "--help"], env=env).output
     verified = runner.invoke(ck, ["audit", "verify"], env=env)
     assert verified.exit_code == 0 and "chain intact" in verified.output, verified.output
+
+
+def test_breakdown_feedback_moved_to_another_line_does_not_decrypt() -> None:
+    """Each breakdown line's feedback is bound to its position and question, not just to the column."""
+    owner, attempt_id = uuid.uuid4(), uuid.uuid4()
+    keyring = Keyring({owner: UserKeys(new_data_key())})
+    lines = [
+        {"question_id": str(uuid.uuid4()), "feedback": "first line's feedback"},
+        {"question_id": str(uuid.uuid4()), "feedback": "second line's feedback"},
+    ]
+    sealed = json.loads(seal_breakdown(keyring, owner, attempt_id, "breakdown", json.dumps(lines)))
+    refs = [breakdown_feedback_ref(attempt_id, "breakdown", i, line) for i, line in enumerate(sealed)]
+    assert [keyring.open(owner, refs[i], sealed[i]["feedback"]) for i in (0, 1)] == [
+        "first line's feedback",
+        "second line's feedback",
+    ]
+    with pytest.raises(DecryptionError):  # swapped lines
+        keyring.open(owner, refs[1], sealed[0]["feedback"])
+    with pytest.raises(DecryptionError):  # the same line of another attempt
+        keyring.open(owner, breakdown_feedback_ref(uuid.uuid4(), "breakdown", 0, sealed[0]), sealed[0]["feedback"])
