@@ -14,13 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
-import msgspec
 import pytest
 from click.testing import CliRunner
 
 from app.cli import ck
 from app.db.audit_store import SegmentRecord
-from app.domain.audit_chain import compute_entry_hash
 from app.domain.audit_segment import SealedSegment, SegmentRefused, manifest_key, seal_segment
 from app.services.audit_archive_check import ArchiveMismatch, ArchiveReport, check_archive
 from app.services.audit_export import archive_from_settings
@@ -28,7 +26,7 @@ from app.services.container import Services, open_services
 from app.settings import Settings
 from tests.security.conftest import LOCKED
 from tests.security.test_audit_export import audit_settings, exporter, record
-from tests.security.test_audit_log import drop_append_only_triggers
+from tests.security.test_audit_log import drop_append_only_triggers, forge_chain_from
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -148,18 +146,7 @@ def test_a_chain_rewritten_end_to_end_still_disagrees_with_the_archive(database_
         async with open_services(settings, background=False) as services:
             await record(services, 8)
             await exporter(services).export()
-            await drop_append_only_triggers(services)
-            entries = await services.audit.store.batch(0, 10)
-            previous = entries[1].entry_hash
-            for entry in entries[2:]:
-                forged = msgspec.structs.replace(entry, action="test.forged", previous_hash=previous)
-                forged = msgspec.structs.replace(forged, entry_hash=compute_entry_hash(forged))
-                # Values are hex digests and an int computed here, not input.
-                await services.db.engine.run_ddl(
-                    f"UPDATE audit_log SET action = 'test.forged', previous_hash = '{forged.previous_hash}', "  # noqa: S608
-                    f"entry_hash = '{forged.entry_hash}' WHERE sequence = {forged.sequence}"
-                )
-                previous = forged.entry_hash
+            await forge_chain_from(services, 2)
             return await _check(services)
 
     report = asyncio.run(run())

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from app.adapters.audit_archive import ArchiveRefused, AuditArchiveError
 from app.cli import ck
 from app.db.audit_store import AuditStore
-from app.domain.audit_chain import AuditActor, compute_entry_hash
+from app.domain.audit_chain import AuditActor
 from app.domain.audit_segment import parse_segment_body, seal_segment
 from app.services.audit import verify_chain
 from app.services.audit_export import AuditExporter, AuditExportLoop, archive_from_settings
@@ -30,6 +30,7 @@ from app.services.container import Services, open_services
 from app.settings import AuditSettings, Settings, SettingsError, _validate_audit, load_settings
 from tests.conftest import make_settings
 from tests.security.conftest import LOCKED, UNLOCKED
+from tests.security.test_audit_log import forge_chain_from
 
 
 def audit_settings(database_url: str, endpoint: str, bucket: str = LOCKED, **extra: Any) -> Settings:
@@ -265,21 +266,7 @@ def test_sealed_segments_catch_a_rewritten_chain(database_url: str, s3_endpoint:
         async with open_services(settings, background=False) as services:
             await record(services, 4)
             await exporter(services).export()
-            if services.db.is_sqlite:
-                await services.db.engine.run_ddl('DROP TRIGGER "audit_log_no_update"')
-            else:
-                await services.db.engine.run_ddl('DROP TRIGGER "audit_log_append_only" ON "audit_log"')
-            entries = await services.audit.store.batch(0, 10)
-            previous = entries[0].entry_hash
-            for entry in entries[1:]:
-                forged = msgspec.structs.replace(entry, action="test.forged", previous_hash=previous)
-                forged = msgspec.structs.replace(forged, entry_hash=compute_entry_hash(forged))
-                # Values are hex digests and an int computed here, not input.
-                await services.db.engine.run_ddl(
-                    f"UPDATE audit_log SET action = 'test.forged', previous_hash = '{forged.previous_hash}', "  # noqa: S608
-                    f"entry_hash = '{forged.entry_hash}' WHERE sequence = {forged.sequence}"
-                )
-                previous = forged.entry_hash
+            entries = await forge_chain_from(services, 1)
             return await verify_chain(services.audit.store, 2), entries
 
     report, entries = asyncio.run(run())

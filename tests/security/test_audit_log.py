@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 import structlog
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from app.cli import ck
 from app.db.audit_store import SegmentRecord
-from app.domain.audit_chain import AuditActor
+from app.domain.audit_chain import AuditActor, AuditEntry, compute_entry_hash
 from app.services.audit import verify_chain
 from app.services.container import Services, open_services
 from app.settings import Settings
@@ -52,6 +53,24 @@ async def drop_append_only_triggers(services: Services) -> None:
             await services.db.engine.run_ddl(f'DROP TRIGGER "audit_log_no_{op}"')
     else:
         await services.db.engine.run_ddl('DROP TRIGGER "audit_log_append_only" ON "audit_log"')
+
+
+async def forge_chain_from(services: Services, index: int) -> list[AuditEntry]:
+    """Drop the triggers and rewrite every entry from ``index`` (0-based) on, each hash recomputed so the
+    chain verifies on its own again; returns the entries as they were."""
+    await drop_append_only_triggers(services)
+    entries = await services.audit.store.batch(0, 10)
+    previous = entries[index - 1].entry_hash
+    for entry in entries[index:]:
+        forged = msgspec.structs.replace(entry, action="test.forged", previous_hash=previous)
+        forged = msgspec.structs.replace(forged, entry_hash=compute_entry_hash(forged))
+        # Values are hex digests and an int computed here, not input.
+        await services.db.engine.run_ddl(
+            f"UPDATE audit_log SET action = 'test.forged', previous_hash = '{forged.previous_hash}', "  # noqa: S608
+            f"entry_hash = '{forged.entry_hash}' WHERE sequence = {forged.sequence}"
+        )
+        previous = forged.entry_hash
+    return entries
 
 
 @pytest.mark.asyncio

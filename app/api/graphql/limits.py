@@ -82,17 +82,38 @@ def _named(type_: Any) -> tuple[Any, bool]:
     return type_, is_list
 
 
-class _CostEstimate:
-    """Cost of one document's selections. A fragment's cost is computed once per document: recomputing it
-    at every spread would make ``fragment F{i} { ...F{i+1} ...F{i+1} }`` chains cost exponential time to
+class _PerFragment:
+    """A measure of one document's selections in which each fragment is measured once: measuring it again at
+    every spread would make ``fragment F{i} { ...F{i+1} ...F{i+1} }`` chains cost exponential time to
     *validate*, before any limit could refuse them."""
 
-    def __init__(self, schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinitionNode], list_factor: int):
-        self._schema = schema
+    def __init__(self, fragments: Mapping[str, FragmentDefinitionNode]) -> None:
         self._fragments = fragments
-        self._list_factor = list_factor
         self._memo: dict[str, int] = {}
         self._visiting: set[str] = set()
+
+    def fragment(self, name: str) -> int:
+        if name in self._memo:
+            return self._memo[name]
+        fragment = self._fragments.get(name)
+        if fragment is None or name in self._visiting:
+            return 0  # unknown and cyclic fragments are reported by the standard rules
+        self._visiting.add(name)
+        self._memo[name] = measure = self._measure(fragment)
+        self._visiting.discard(name)
+        return measure
+
+    def _measure(self, fragment: FragmentDefinitionNode) -> int:
+        raise NotImplementedError
+
+
+class _CostEstimate(_PerFragment):
+    """Cost of one document's selections (see :func:`operation_cost`)."""
+
+    def __init__(self, schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinitionNode], list_factor: int):
+        super().__init__(fragments)
+        self._schema = schema
+        self._list_factor = list_factor
 
     def selections(self, selection_set: SelectionSetNode | None, parent: Any) -> int:
         if selection_set is None:
@@ -119,17 +140,8 @@ class _CostEstimate:
                 total += self.fragment(selection.name.value)
         return total
 
-    def fragment(self, name: str) -> int:
-        if name in self._memo:
-            return self._memo[name]
-        fragment = self._fragments.get(name)
-        if fragment is None or name in self._visiting:
-            return 0  # unknown and cyclic fragments are reported by the standard rules
-        self._visiting.add(name)
-        target = self._schema.get_type(fragment.type_condition.name.value)
-        self._memo[name] = cost = self.selections(fragment.selection_set, target)
-        self._visiting.discard(name)
-        return cost
+    def _measure(self, fragment: FragmentDefinitionNode) -> int:
+        return self.selections(fragment.selection_set, self._schema.get_type(fragment.type_condition.name.value))
 
 
 def operation_cost(
@@ -147,14 +159,8 @@ def _fragments_of(context: ValidationContext) -> dict[str, FragmentDefinitionNod
     return {d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)}
 
 
-class _Levels:
-    """How many levels of fields a selection set holds (introspection fields not counted), each fragment
-    measured once per document for the same reason as :class:`_CostEstimate`."""
-
-    def __init__(self, fragments: Mapping[str, FragmentDefinitionNode]) -> None:
-        self._fragments = fragments
-        self._memo: dict[str, int] = {}
-        self._visiting: set[str] = set()
+class _Levels(_PerFragment):
+    """How many levels of fields a selection set holds (introspection fields not counted)."""
 
     def of(self, selection_set: SelectionSetNode | None) -> int:
         if selection_set is None:
@@ -170,16 +176,8 @@ class _Levels:
             deepest = max(deepest, levels)
         return deepest
 
-    def fragment(self, name: str) -> int:
-        if name in self._memo:
-            return self._memo[name]
-        fragment = self._fragments.get(name)
-        if fragment is None or name in self._visiting:
-            return 0  # unknown and cyclic fragments are reported by the standard rules
-        self._visiting.add(name)
-        self._memo[name] = levels = self.of(fragment.selection_set)
-        self._visiting.discard(name)
-        return levels
+    def _measure(self, fragment: FragmentDefinitionNode) -> int:
+        return self.of(fragment.selection_set)
 
 
 def _alias_rule(max_aliases: int) -> type[ValidationRule]:
