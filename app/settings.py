@@ -22,6 +22,7 @@ from msgspec import Meta, Struct
 from app.domain.experiments import Experiment
 
 __all__ = [
+    "AdmissionSettings",
     "AuditSettings",
     "AuthSettings",
     "DatabaseSettings",
@@ -31,6 +32,7 @@ __all__ = [
     "LoggingSettings",
     "ModerationSettings",
     "NotificationSettings",
+    "OutboxSettings",
     "PluginSettings",
     "QueueSettings",
     "QuizSettings",
@@ -97,6 +99,14 @@ class DatabaseSettings(_Section):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """``FULL`` makes every acknowledged commit survive power loss; ``NORMAL`` (safe against process
     crashes in WAL mode) trades that for faster commits."""
+    acquire_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    """Longest wait for a pooled connection (or, on SQLite, for the one writer); then UNAVAILABLE."""
+    begin_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    """Longest wait for BEGIN (on SQLite, the write lock another process may hold); then UNAVAILABLE."""
+    busy_retry_after_seconds: Annotated[int, Meta(ge=1, le=3600)] = 1
+    """``Retry-After`` given with UNAVAILABLE when the database is busy or away."""
+    max_pending_writes: Annotated[int, Meta(ge=1)] = 1024
+    """Write transactions allowed to wait for the SQLite writer; more are refused with UNAVAILABLE."""
 
 
 class AuthSettings(_Section):
@@ -220,6 +230,34 @@ class QueueSettings(_Section):
     """Concurrent generation jobs."""
     job_timeout_seconds: Annotated[float, Meta(gt=0)] = 10.0
     """A caller waits at most this long for its job."""
+
+
+class OutboxSettings(_Section):
+    """The outbox relay, the reconciler and how long delivered events are kept."""
+
+    batch_size: PositiveInt = 200
+    """Events read and published per relay round."""
+    poll_seconds: Annotated[float, Meta(gt=0, le=300)] = 1.0
+    """How often the relay looks for events written by other processes (it is also woken on commit)."""
+    max_backoff_seconds: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    """Longest wait between retries while the database or the broker is away."""
+    lease_seconds: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    """How long an instance's claim on a batch of outbox rows lasts before another instance may take it."""
+    reconcile_interval_seconds: Annotated[float, Meta(ge=0, le=86400)] = 30.0
+    """How often the reconciler runs (0: never)."""
+    republish_after_seconds: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+    """An unpublished outbox row older than this is republished by the reconciler."""
+    retention_days: Annotated[float, Meta(gt=0, le=3650)] = 7.0
+    """Published events and processed-event records older than this are pruned."""
+
+
+class AdmissionSettings(_Section):
+    """Admission control: refuse new work at once when it would wait too long, so accepted work stays fast."""
+
+    enabled: bool = True
+    """Off: every request is queued, however long the wait."""
+    max_wait_seconds: Annotated[float, Meta(gt=0, le=60)] = 2.0
+    """Budget for the expected wait of a new create or submit; beyond it: UNAVAILABLE with Retry-After."""
 
 
 class RateLimitSettings(_Section):
@@ -457,6 +495,8 @@ class Settings(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     scoring: ScoringSettings = msgspec.field(default_factory=ScoringSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    admission: AdmissionSettings = msgspec.field(default_factory=AdmissionSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)

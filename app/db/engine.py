@@ -10,27 +10,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg.exceptions
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import structlog
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
+from app.db.errors import DATABASE_OUTAGE_ERRORS
 from app.db.sqlite_pool import PooledSQLiteEngine
 from app.db.tables import ALL_TABLES
 from app.settings import DatabaseSettings
 
 __all__ = ["DATABASE_OUTAGE_ERRORS", "Database", "engine_from_url", "sqlite_path"]
 
-# Errors that mean "the database is unreachable right now", not "this event is bad": a consumer retries
-# through them instead of dead-lettering the events it was applying.
-DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InterfaceError,
-)
+T = TypeVar("T")
 
 os.environ.setdefault("PICCOLO_CONF", "app.db.piccolo_conf")
 log = structlog.get_logger(__name__)
@@ -131,3 +128,15 @@ class Database:
             # transaction in this task (a consumer's, for its whole life) would nest into it and fail.
             if self.engine.current_transaction.get() is not outer:
                 self.engine.current_transaction.set(outer)
+
+    async def write(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` in a write transaction on a task of its own, so that cancelling the caller (a
+        client gone, a request timed out) cannot interrupt the transaction half-way: it commits or rolls
+        back and releases its connection whatever happens to the caller."""
+
+        async def run() -> T:
+            async with self.transaction():
+                return await work()
+
+        return await asyncio.shield(asyncio.create_task(run(), name="db-write"))
+

@@ -1,0 +1,53 @@
+"""Database failures as the service reports them: our outage or contention is ``UNAVAILABLE`` with
+Retry-After (a typed 503), never a 500 and never the user's fault."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg.exceptions
+
+from app.errors import ErrorCode, ServiceError
+
+__all__ = ["DATABASE_OUTAGE_ERRORS", "DatabaseUnavailable", "is_database_outage"]
+
+# Errors that mean "the database is unreachable or busy right now", not "this request or event is bad":
+# edges answer UNAVAILABLE and consumers retry instead of dead-lettering.
+DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database is busy, locked or away: the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str = "The service is busy; try again shortly.", retry_after: int = 1) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message, retryAfter=retry_after)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the database being busy or away."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DatabaseUnavailable | DATABASE_OUTAGE_ERRORS):
+            return True
+        if isinstance(current, sqlite3.OperationalError) and _sqlite_busy(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _sqlite_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text or "disk i/o" in text or "unable to open" in text
