@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import io
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from piccolo.apps.migrations.tables import Migration
@@ -139,4 +136,3 @@ class Database:
                 return await work()
 
         return await asyncio.shield(asyncio.create_task(run(), name="db-write"))
-
