@@ -258,6 +258,14 @@ class AdmissionSettings(_Section):
     """Off: every request is queued, however long the wait."""
     max_wait_seconds: Annotated[float, Meta(gt=0, le=60)] = 2.0
     """Budget for the expected wait of a new create or submit; beyond it: UNAVAILABLE with Retry-After."""
+    concurrency: PositiveInt = 16
+    """Creates (and, separately, submits) running at once; the rest wait in line, first come first
+    served. Scoring runs on the request path, so more in flight only stretches each one's time."""
+    max_queued: PositiveInt = 256
+    """Hard bound on each operation's waiting line, whatever the estimate says (it has nothing to go on
+    before the first request completes); beyond it: UNAVAILABLE with Retry-After."""
+    ewma_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.2
+    """Weight of the newest completed request in the moving average of service time (1: only the last)."""
 
 
 class RateLimitSettings(_Section):

@@ -21,11 +21,15 @@ class QueueFull(Exception):
 class TaskQueue:
     """Runs submitted coroutine functions on ``workers`` tasks; at most ``max_size`` wait.
 
-    Callers await the result with a timeout. A job whose caller gave up before it started is skipped,
-    so a burst of timeouts does not leave work nobody will read.
+    Callers await the result with a timeout. A job whose caller gave up (timed out or was cancelled)
+    before it started is skipped, so a burst of timeouts or disconnects does not leave work nobody
+    will read.
     """
 
     def __init__(self, max_size: int, workers: int) -> None:
+        if max_size < 1 or workers < 1:
+            # asyncio.Queue(0) would be unbounded: every queue in the service has a bound.
+            raise ValueError("a task queue needs max_size >= 1 and workers >= 1")
         self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any], dict[str, Any]]] = (
             asyncio.Queue(max_size)
         )
@@ -67,8 +71,8 @@ class TaskQueue:
             raise QueueFull from None
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            future.cancel()
+        except (TimeoutError, asyncio.CancelledError):
+            future.cancel()  # nobody will read it: a worker that has not started it skips it
             raise
 
     async def _work(self) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import structlog
 
@@ -26,7 +27,9 @@ from app.db.outbox_store import OutboxStore
 from app.db.profile_store import ProfileStore
 from app.db.tables import utcnow
 from app.db.template_store import TemplateStore
+from app.domain.contract import ConnectionKeyPayload, ConnectionKeyResult
 from app.domain.signing import PayloadSigner
+from app.services.admission import AdmissionGate, Admitted
 from app.services.attempt_writer import AttemptWriter
 from app.services.audit import AuditLog
 from app.services.audit_export import AuditExporter, AuditExportLoop, archive_from_settings
@@ -53,6 +56,9 @@ __all__ = ["Services", "open_services"]
 
 log = structlog.get_logger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -72,8 +78,8 @@ class Services:
     profile_store: ProfileStore
     key_store: KeyStore
     profiles: ProfileService
-    create_key: CreateConnectionKey
-    submit_key: SubmitConnectionKey
+    create_key: Callable[..., Awaitable[ConnectionKeyPayload]]  # CreateConnectionKey, behind its admission gate
+    submit_key: Callable[..., Awaitable[ConnectionKeyResult]]  # SubmitConnectionKey, likewise
     orchestrator: UnlockOrchestrator
     notifications: NotificationService
     audit: AuditLog
@@ -147,6 +153,14 @@ def _event_bus(settings: Settings) -> EventBus:
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         transient_errors=(*DEFAULT_TRANSIENT_ERRORS, *DATABASE_OUTAGE_ERRORS),
     )
+
+
+def _admitted(operation: str, use_case: Callable[P, Awaitable[R]], settings: Settings) -> Callable[P, Awaitable[R]]:
+    """The use case behind its own admission gate (one per operation, so a flood of submits cannot
+    starve creates), or bare when ``admission.enabled`` is off."""
+    if not settings.admission.enabled:
+        return use_case
+    return Admitted(use_case, AdmissionGate.from_settings(operation, settings.admission))
 
 
 async def _open_scorers(stack: contextlib.AsyncExitStack, scorers: dict[str, Scorer]) -> None:
@@ -264,8 +278,8 @@ async def open_services(
             profile_store=profile_store,
             key_store=key_store,
             profiles=ProfileService(profile_store, clock, db, audit),
-            create_key=CreateConnectionKey(deps, templates, queue),
-            submit_key=SubmitConnectionKey(deps, runner, writer),
+            create_key=_admitted("create", CreateConnectionKey(deps, templates, queue), settings),
+            submit_key=_admitted("submit", SubmitConnectionKey(deps, runner, writer), settings),
             orchestrator=orchestrator,
             notifications=notifications,
             audit=audit,

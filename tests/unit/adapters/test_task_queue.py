@@ -1,14 +1,17 @@
-"""TaskQueue: results and exceptions reach the caller, refusal when full, timeouts, skipped jobs."""
+"""TaskQueue: results and exceptions reach the caller, refusal when full (it is always bounded),
+timeouts, jobs skipped when their caller gave up."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 import structlog
 
 from app.adapters.task_queue import QueueFull, TaskQueue
+from app.settings import QueueSettings
 
 
 def blocked(
@@ -177,3 +180,38 @@ async def test_a_job_that_raises_cancelled_error_does_not_kill_the_worker() -> N
             return "ok"
 
         assert await queue.run(fine, timeout=0.2) == "ok"
+
+
+@pytest.mark.asyncio
+async def test_job_whose_caller_was_cancelled_is_skipped() -> None:
+    # A client that disconnects cancels its request: its queued job must not run for nobody.
+    gate, started = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+    async with TaskQueue(max_size=4, workers=1) as queue:
+        first = asyncio.create_task(queue.run(blocked(gate, started, log=ran, name="first"), timeout=5))
+        await started.wait()
+        gone = asyncio.create_task(queue.run(blocked(gate, log=ran, name="gone"), timeout=5))
+        await asyncio.sleep(0)
+        assert queue.depth == 1
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        third = asyncio.create_task(queue.run(blocked(gate, log=ran, name="third", result="third"), timeout=5))
+        await asyncio.sleep(0)
+        gate.set()
+        assert await first == "done"
+        assert await third == "third"
+        assert ran == ["first", "third"]
+
+
+@pytest.mark.parametrize(("max_size", "workers"), [(0, 1), (1, 0), (-1, 2)])
+def test_a_queue_must_be_bounded_and_have_workers(max_size: int, workers: int) -> None:
+    # asyncio.Queue(0) means "unbounded": refusing it keeps the queue's bound a real one.
+    with pytest.raises(ValueError, match="max_size"):
+        TaskQueue(max_size=max_size, workers=workers)
+
+
+def test_the_queue_setting_cannot_be_unbounded() -> None:
+    assert QueueSettings().max_size >= 1
+    with pytest.raises(msgspec.ValidationError, match="max_size"):
+        msgspec.convert({"max_size": 0}, QueueSettings)

@@ -1,0 +1,203 @@
+"""AdmissionGate: slots, first-come-first-served line, refusal at once over budget, cancelled waiters
+leave, only completed work feeds the average; Admitted passes calls through the gate."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from app.errors import ErrorCode, ServiceError
+from app.services.admission import AdmissionGate, Admitted
+from app.settings import AdmissionSettings
+
+
+class FakeClock:
+    """Monotonic seconds the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(clock: FakeClock, *, concurrency: int = 2, budget: float = 2.0, max_queued: int = 100) -> AdmissionGate:
+    return AdmissionGate(
+        "submit", concurrency=concurrency, max_wait_seconds=budget, max_queued=max_queued, ewma_alpha=1.0, clock=clock
+    )
+
+
+async def hold(g: AdmissionGate, release: asyncio.Event, entered: list[str], name: str) -> str:
+    async with g.admit():
+        entered.append(name)
+        await release.wait()
+    return name
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def complete_one(g: AdmissionGate, clock: FakeClock, seconds: float) -> None:
+    """Teach the gate a service time with one completed request."""
+    async with g.admit():
+        clock.now += seconds
+
+
+@pytest.mark.asyncio
+async def test_up_to_concurrency_run_and_the_rest_wait_in_order() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=2)
+    tasks = [asyncio.create_task(hold(g, release, entered, f"r{i}")) for i in range(5)]
+    await settle()
+    assert entered == ["r0", "r1"]
+    assert (g.state().in_flight, g.state().queued) == (2, 3)
+    release.set()
+    assert await asyncio.gather(*tasks) == ["r0", "r1", "r2", "r3", "r4"]
+    assert entered == ["r0", "r1", "r2", "r3", "r4"]  # first come, first served
+    assert (g.state().in_flight, g.state().queued) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_refuses_at_once_when_the_expected_wait_is_over_budget() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=2, budget=2.0)
+    await complete_one(g, clock, 0.5)  # S = 0.5 s, so the line drains at 4/s
+    assert g.state().mean_service_seconds == pytest.approx(0.5)
+    tasks = [asyncio.create_task(hold(g, release, entered, f"r{i}")) for i in range(9)]
+    await settle()
+    # 2 running, 7 waiting: the 7th waiter expected (6 + 1) × 0.5 / 2 = 1.75 s, admitted; a 10th
+    # would wait (7 + 1) × 0.5 / 2 = 2.0 s (the budget, still in); an 11th 2.25 s: refused.
+    assert g.state().queued == 7
+    tasks.append(asyncio.create_task(hold(g, release, entered, "r9")))
+    await settle()
+    assert g.state().queued == 8
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServiceError) as refused:
+        async with g.admit():
+            pytest.fail("a refused request must not run")
+    assert loop.time() - started < 0.05  # at once, not after waiting
+    assert refused.value.code is ErrorCode.UNAVAILABLE
+    assert refused.value.extra == {"retryAfter": 3}  # ceil(2.25)
+    assert g.state().refused == 1
+    assert g.state().queued == 8  # the refused one never joined the line
+    release.set()
+    assert len(await asyncio.gather(*tasks)) == 10
+
+
+@pytest.mark.asyncio
+async def test_admits_again_once_the_line_drains() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=1, budget=1.0)
+    await complete_one(g, clock, 1.0)
+    first = asyncio.create_task(hold(g, release, entered, "first"))
+    await settle()
+    # One slot busy on 1 s jobs: a newcomer waits 1 s (admitted), the next 2 s (refused).
+    second = asyncio.create_task(hold(g, release, entered, "second"))
+    await settle()
+    with pytest.raises(ServiceError, match="busy"):
+        async with g.admit():
+            pass
+    release.set()
+    await asyncio.gather(first, second)
+    async with g.admit():
+        assert g.state().in_flight == 1
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_waiter_leaves_the_line() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=1)
+    running = asyncio.create_task(hold(g, release, entered, "running"))
+    await settle()
+    gone = asyncio.create_task(hold(g, release, entered, "gone"))
+    kept = asyncio.create_task(hold(g, release, entered, "kept"))
+    await settle()
+    assert g.state().queued == 2
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert g.state().queued == 1
+    release.set()
+    assert await asyncio.gather(running, kept) == ["running", "kept"]
+    assert entered == ["running", "kept"]
+    assert (g.state().in_flight, g.state().queued) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_slot_handed_to_a_waiter_cancelled_in_the_same_instant_is_passed_on() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=1)
+    holding = g.admit()
+    await holding.__aenter__()  # this task holds the only slot
+    unlucky = asyncio.create_task(hold(g, release, entered, "unlucky"))
+    after = asyncio.create_task(hold(g, release, entered, "after"))
+    await settle()
+    release.set()
+    await holding.__aexit__(None, None, None)  # hands the slot to "unlucky" without yielding to it...
+    unlucky.cancel()  # ...which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await unlucky
+    assert await asyncio.wait_for(after, 2) == "after"  # the slot was passed on, not lost
+    assert entered == ["after"]
+    assert (g.state().in_flight, g.state().queued) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_only_completed_work_feeds_the_service_time() -> None:
+    clock = FakeClock()
+    g = gate(clock)
+    with pytest.raises(ServiceError):
+        async with g.admit():
+            clock.now += 30.0
+            raise ServiceError(ErrorCode.BAD_USER_INPUT, "bad")
+    assert g.state().mean_service_seconds is None
+    task = asyncio.create_task(complete_one(g, clock, 0.0))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert g.state().mean_service_seconds is None
+    assert g.state().in_flight == 0  # failed and cancelled work still gave its slot back
+    await complete_one(g, clock, 0.25)
+    assert g.state().mean_service_seconds == pytest.approx(0.25)
+
+
+@pytest.mark.asyncio
+async def test_the_line_has_a_hard_bound_before_any_estimate_exists() -> None:
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=1, max_queued=2)
+    tasks = [asyncio.create_task(hold(g, release, entered, f"r{i}")) for i in range(3)]
+    await settle()
+    assert g.state().mean_service_seconds is None and g.state().queued == 2
+    with pytest.raises(ServiceError) as refused:
+        async with g.admit():
+            pass
+    assert refused.value.code is ErrorCode.UNAVAILABLE and refused.value.extra["retryAfter"] >= 1
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+@pytest.mark.asyncio
+async def test_admitted_calls_the_use_case_with_its_arguments_inside_the_gate() -> None:
+    clock = FakeClock()
+    g = gate(clock, concurrency=1)
+    seen: list[tuple[object, ...]] = []
+
+    async def use_case(a: int, *, b: str) -> str:
+        seen.append((a, b, g.state().in_flight))
+        return f"{a}{b}"
+
+    call: Callable[..., object] = Admitted(use_case, g)
+    assert await call(1, b="x") == "1x"  # type: ignore[misc]
+    assert seen == [(1, "x", 1)]
+    assert g.state().in_flight == 0
+
+
+def test_from_settings_uses_the_admission_section() -> None:
+    g = AdmissionGate.from_settings("create", AdmissionSettings(concurrency=3, max_wait_seconds=1.5))
+    state = g.state()
+    assert (state.operation, state.concurrency, state.in_flight, state.expected_wait_seconds) == ("create", 3, 0, 0.0)
