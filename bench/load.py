@@ -331,6 +331,7 @@ class Bench:
         lat = s["latency_ms"]
         log(f"  => {scenario} {s['mode']}: {s['throughput_rps']}/s ok={s['ok']} passed={s['passed']} "
             f"errors={s['errors']} p50={lat['p50']} p95={lat['p95']} p99={lat['p99']} ms "
+            f"accepted p95={s['accepted_latency_ms']['p95']} ms "
             f"server cpu={s['server_cpu_pct']}% generator cpu={s['client_cpu_pct']}% cores busy={s['core_busy_pct']} "
             f"other processes={s['other_cpu_pct']}% steal={s['steal_pct']}")
         for sample in s["error_samples"]:
