@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from app.api.graphql.controller import build_graphql_controller
 from app.api.rest.controllers import ConnectionKeyController, HealthController, ProfileController
+from app.api.rest.dependencies import refuse_deeply_nested_body
 from app.api.rest.moderation import ModerationController
 from app.api.rest.problems import exception_handlers
 from app.api.rest.users import UserController
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[services_lifespan(settings)],
         middleware=[request_id_middleware],
         exception_handlers=exception_handlers,
+        before_request=refuse_deeply_nested_body,  # before any decoder recurses into a body
         plugins=[ConnectionKeyCLIPlugin()],
         request_max_body_size=settings.server.max_body_bytes,
         before_send=[security_headers_hook(settings)],

@@ -5,6 +5,10 @@ result. Strawberry's own view does the same work through per-request dependency 
 negotiation and argument plumbing that cost more than our resolvers (measured in bench/RESULTS.md).
 Strawberry's controller still serves GraphiQL (development only) and the WebSocket protocols
 (``graphql-transport-ws`` and the legacy ``graphql-ws``, see :mod:`app.api.graphql.websocket`).
+
+Every refusal has the GraphQL shape with ``extensions.code``: a body nested too deeply to decode safely, a
+request that selects no single operation (GraphQL spec 6.1), a query over GET. Our outage answers
+``UNAVAILABLE`` with ``extensions.retryAfter`` and a ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ from typing import Any, ClassVar
 
 import msgspec
 import strawberry
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import MediaType
 from strawberry.litestar import make_graphql_controller
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from app.api.graphql.context import GraphQLContext, context_getter
+from app.api.graphql.errors import typed
+from app.api.graphql.operation_selection import operation_selection_message
 from app.api.graphql.schema import build_schema
 from app.api.graphql.websocket import (
     GraphQLTransportWSHandler,
@@ -31,6 +37,7 @@ from app.api.graphql.websocket import (
     SubscriptionConnection,
     authenticate_connection,
 )
+from app.api.json_nesting import MAX_JSON_DEPTH, nests_deeper_than
 from app.errors import ErrorCode
 from app.settings import Settings
 
@@ -50,10 +57,28 @@ _decoder = msgspec.json.Decoder(GraphQLRequest)
 _HTTP_OPERATIONS = (OperationType.QUERY, OperationType.MUTATION)
 
 
-def _bad_request(message: str, status: int = 400, **extensions: Any) -> Response[bytes]:
-    error = {"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value, **extensions}}
+def _refusal(
+    code: ErrorCode, message: str, status: int, headers: dict[str, str] | None = None, **extensions: Any
+) -> Response[bytes]:
+    error = {"message": message, "extensions": {"code": code.value, **extensions}}
     body = {"data": None, "errors": [error]}
-    return Response(msgspec.json.encode(body), status_code=status, media_type=MediaType.JSON)
+    return Response(msgspec.json.encode(body), status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _bad_request(
+    message: str, status: int = 400, headers: dict[str, str] | None = None, **extensions: Any
+) -> Response[bytes]:
+    return _refusal(ErrorCode.BAD_USER_INPUT, message, status, headers, **extensions)
+
+
+def _retry_after(errors: list[dict[str, Any]]) -> dict[str, str] | None:
+    """A ``Retry-After`` header when an error is our outage, for proxies and clients that read headers."""
+    waits = [
+        e["extensions"].get("retryAfter", 1)
+        for e in errors
+        if (e.get("extensions") or {}).get("code") == ErrorCode.UNAVAILABLE.value
+    ]
+    return {"Retry-After": str(max(waits))} if waits else None
 
 
 def build_graphql_controller(settings: Settings) -> type:
@@ -87,6 +112,18 @@ def build_graphql_controller(settings: Settings) -> type:
             """Authenticate the socket from the ``connection_init`` payload."""
             return await authenticate_connection(context)
 
+        @get("/", include_in_schema=False)
+        async def handle_http_get(self, request: Request[Any, Any, Any]) -> Response[Any]:
+            """GraphiQL for a browser in development; anything else is a typed refusal: operations are
+            POSTed (GET would put variables, answers included, in URLs and access logs)."""
+            if self.graphql_ide and self.should_render_graphql_ide(request):
+                return await self.render_graphql_ide(request)
+            if not request.query_params.get("query"):
+                return _bad_request("No GraphQL query found: POST it as application/json.")
+            return _bad_request(
+                "Operations over GET are not supported: POST them as application/json.", 405, {"Allow": "POST"}
+            )
+
         @post("/", status_code=200, include_in_schema=False)
         async def handle_http_post(self, request: Request[Any, Any, Any], state: State) -> Response[bytes]:
             """Execute one GraphQL operation; transport errors are GraphQL-shaped with a typed code."""
@@ -94,6 +131,11 @@ def build_graphql_controller(settings: Settings) -> type:
             if not content_type.lower().startswith("application/json"):
                 return _bad_request("Unsupported content type: send application/json", 415)
             body = await request.body()
+            if nests_deeper_than(body):  # before msgspec recurses into it
+                return _bad_request(
+                    f"The request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep.",
+                    limit="depth",
+                )
             if body.lstrip()[:1] == b"[":
                 # One request, one operation: a batch would multiply every per-request limit.
                 return _bad_request(
@@ -107,7 +149,10 @@ def build_graphql_controller(settings: Settings) -> type:
                 return _bad_request("Unable to parse request body as JSON")
             services = state.get("services")
             if services is None:
-                return _bad_request("The service is starting.", 503)
+                wait = state["settings"].database.busy_retry_after_seconds
+                return _refusal(
+                    ErrorCode.UNAVAILABLE, "The service is starting.", 503, {"Retry-After": str(wait)}, retryAfter=wait
+                )
             context = GraphQLContext(
                 services=services, authorization=request.headers.get("authorization"), request=request
             )
@@ -123,11 +168,18 @@ def build_graphql_controller(settings: Settings) -> type:
                 return _bad_request(
                     "Subscriptions are served over WebSocket at this path (graphql-transport-ws or graphql-ws)."
                 )
+            except CannotGetOperationTypeError as exc:  # no operation, or several and no operationName
+                return _bad_request(operation_selection_message(exc))
             payload: dict[str, Any] = {"data": result.data}
+            headers = None
             if result.errors:
-                payload["errors"] = [error.formatted for error in result.errors]
+                wait = services.settings.database.busy_retry_after_seconds
+                # ErrorCodes typed them all but one raised from an extension's own hook: typed here.
+                errors = [(e if (e.extensions or {}).get("code") else typed(e, wait)).formatted for e in result.errors]
+                payload["errors"] = errors
+                headers = _retry_after(errors)
             if result.extensions:
                 payload["extensions"] = result.extensions
-            return Response(msgspec.json.encode(payload), media_type=MediaType.JSON)
+            return Response(msgspec.json.encode(payload), media_type=MediaType.JSON, headers=headers)
 
     return GraphQLController

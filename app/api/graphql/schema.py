@@ -10,6 +10,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from app.api.graphql.errors import ErrorCodes
 from app.api.graphql.limits import limit_extensions
+from app.api.graphql.operation_selection import OperationSelection
 from app.api.graphql.resolvers import Mutation, Query
 from app.api.graphql.subscriptions import Subscription
 from app.settings import GraphQLSettings
@@ -46,6 +47,7 @@ def build_schema(limits: GraphQLSettings | None = None, *, production: bool = Fa
         subscription=Subscription,
         extensions=[
             ErrorCodes,
+            OperationSelection,  # before ValidationCache: it stops the validation hooks after it
             *limit_extensions(limits or GraphQLSettings(), production=production),
             lambda: _ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),

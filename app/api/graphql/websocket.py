@@ -23,7 +23,9 @@ code    when
         connected (reason "Token expired").
 4401    ``subscribe`` before ``connection_ack`` (Strawberry).
 4408    no ``connection_init`` within the wait time (Strawberry; here also for the legacy protocol).
-4400    malformed message; 4409 duplicate operation id; 4429 second ``connection_init`` (Strawberry).
+4400    malformed message, or one nesting arrays or objects more than ``MAX_JSON_DEPTH`` levels deep
+        (refused before decoding); 4409 duplicate operation id; 4429 second ``connection_init``
+        (Strawberry).
 1009    a message larger than the request body limit.
 1013    the subscriber fell behind (its pub/sub queue overflowed or a send stalled): reconnect and
         subscribe again; the first message is the current state, so nothing is lost but the
@@ -32,7 +34,13 @@ code    when
 
 Legacy ``graphql-ws``: a rejected ``connection_init`` gets ``connection_error`` with
 ``{"message", "extensions": {"code": "UNAUTHENTICATED", "reason"}}`` and close code 1011 (Strawberry);
-the server sends ``ka`` keep-alives; malformed messages are ignored; the other close codes are as above.
+the server sends ``ka`` keep-alives; malformed messages are ignored, except one nested too deeply, which
+gets an ``error`` without ``id`` (it cannot be read), ``extensions: {"code": "BAD_USER_INPUT", "limit":
+"depth"}``, as subscriptions-transport-ws servers answer an unreadable message; the other close codes are
+as above.
+
+Both protocols: an operation beyond ``[server] ws_max_operations`` in flight on one socket gets the
+protocol's ``error`` for its id with ``extensions: {"code": "BAD_USER_INPUT", "limit": "operations"}``.
 Over ``graphql-transport-ws`` the server answers ``ping`` with ``pong``; transport-level keep-alive is
 the ASGI server's WebSocket ping frames (uvicorn: ``ws_ping_interval``).
 
@@ -60,7 +68,9 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types.unset import UNSET, UnsetType
 
 from app.api.graphql.context import GraphQLContext
-from app.errors import ServiceError
+from app.api.graphql.limits import LIMIT_EXTENSION_KEY
+from app.api.json_nesting import MAX_JSON_DEPTH, nests_deeper_than
+from app.errors import ErrorCode, ServiceError
 
 __all__ = [
     "CLOSE_FELL_BEHIND",
@@ -78,6 +88,7 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_FELL_BEHIND = 1013
 """RFC 6455 "Try Again Later": the subscriber fell behind and was dropped."""
 CLOSE_INIT_TIMEOUT = 4408
+CLOSE_BAD_REQUEST = 4400
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 _encoder = msgspec.json.Encoder()
@@ -117,6 +128,12 @@ class SubscriptionConnection(LitestarWebSocketAdapter):
                 raise NonTextMessageReceived
             if len(text) > self.max_message_chars:
                 self.begin_close(CLOSE_MESSAGE_TOO_BIG, "Message too big")
+                return
+            if nests_deeper_than(text.encode()):  # before msgspec recurses into it
+                if ignore_parsing_errors:  # the legacy protocol: answer, keep the socket
+                    await self.send_json({"type": "error", "payload": _too_deep()})
+                    continue
+                self.begin_close(CLOSE_BAD_REQUEST, "Message nested too deeply")
                 return
             try:
                 message = _decoder.decode(text)
@@ -178,6 +195,20 @@ class SubscriptionConnection(LitestarWebSocketAdapter):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout_seconds):
                     await self._close_task
+
+
+def _too_deep() -> dict[str, Any]:
+    return {
+        "message": f"The message nests arrays or objects more than {MAX_JSON_DEPTH} levels deep.",
+        "extensions": {"code": ErrorCode.BAD_USER_INPUT.value, LIMIT_EXTENSION_KEY: "depth"},
+    }
+
+
+def _too_many_operations(limit: int) -> dict[str, Any]:
+    return {
+        "message": f"At most {limit} operations may run at once on one connection: complete one first.",
+        "extensions": {"code": ErrorCode.BAD_USER_INPUT.value, LIMIT_EXTENSION_KEY: "operations"},
+    }
 
 
 def _well_formed(message: object) -> bool:
@@ -246,6 +277,19 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, No
         if not isinstance(error, WebSocketDisconnected):  # a client gone mid-send is not a server fault
             await super().handle_task_exception(error)
 
+    async def handle_subscribe(self, message: Any) -> None:
+        # Strawberry's own refusal at the limit is an error without a code: the same refusal, typed.
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and limit is not None
+            and len(self.operations) >= limit
+        ):
+            await self.send_message({"id": message["id"], "type": "error", "payload": [_too_many_operations(limit)]})
+            return
+        await super().handle_subscribe(message)
+
 
 class GraphQLWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     """Strawberry's legacy graphql-ws handler, tied to the connection's lifecycle, with the
@@ -264,6 +308,20 @@ class GraphQLWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
         finally:
             timer.cancel()
             await connection.finish()
+
+    async def handle_start(self, message: Any) -> None:
+        # As in graphql-transport-ws: the limit's refusal, typed. A restart of a running id replaces it,
+        # so it does not count against the limit.
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.tasks
+            and limit is not None
+            and len(self.tasks) >= limit
+        ):
+            await self.send_message({"type": "error", "id": message["id"], "payload": _too_many_operations(limit)})
+            return
+        await super().handle_start(message)
 
     def _init_timed_out(self) -> None:
         if not self.connection_acknowledged:

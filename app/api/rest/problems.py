@@ -10,9 +10,10 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 
+from app.db.errors import is_database_outage
 from app.errors import ErrorCode, ServiceError
 
-__all__ = ["PROBLEM_JSON", "Problem", "exception_handlers", "problem", "problem_responses"]
+__all__ = ["PROBLEM_JSON", "Problem", "exception_handlers", "problem", "problem_responses", "retry_after_seconds"]
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -71,7 +72,25 @@ def problem(request: Request[Any, Any, Any], status: int, code: ErrorCode, detai
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def retry_after_seconds(request: Request[Any, Any, Any]) -> int:
+    """The ``Retry-After`` given with an UNAVAILABLE that did not name one: ``[database]
+    busy_retry_after_seconds``, the time contention usually takes to clear."""
+    settings = request.app.state.get("settings")
+    return settings.database.busy_retry_after_seconds if settings is not None else 1
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: BaseException, detail: str, **extra: Any) -> Response[Any]:
+    # Our outage, not the caller's mistake: a warning without the traceback (the error type says which
+    # outage; the message may quote SQL and values, so it is not logged).
+    if is_database_outage(exc):
+        log.warning("database_unavailable", path=request.url.path, error_type=type(exc).__name__)
+    extra.setdefault("retryAfter", retry_after_seconds(request))
+    return problem(request, 503, ErrorCode.UNAVAILABLE, detail, **extra)
+
+
 def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
+    if exc.code is ErrorCode.UNAVAILABLE:
+        return _unavailable(request, exc, exc.message, **exc.extra)
     return problem(request, exc.code.http_status, exc.code, exc.message, **exc.extra)
 
 
@@ -89,6 +108,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if is_database_outage(exc):  # busy, locked or away, raw from a driver or a pool
+        return _unavailable(request, exc, "The service is busy; try again shortly.")
     log.error("unhandled error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
     return problem(request, 500, ErrorCode.INTERNAL, "Internal server error")
 
