@@ -199,6 +199,7 @@ class ChaosRun:
         self.env: dict[str, str] = {}
         self.faults: list[str] = []
         self.ops_started = Counter[str]()
+        self.readiness: list[str] = []
 
     # ---- set-up --------------------------------------------------------------------------
     def start(self) -> None:
@@ -611,11 +612,23 @@ class ChaosRun:
                 for task in list(self.tasks):
                     task.cancel()
                     self.ledger.record_transport("generator", "abandoned in flight")
+                await self._readiness(client)
             finally:
                 ticker.cancel()
                 answers.cancel()
                 for task in faults:
                     task.cancel()
+
+    async def _readiness(self, client: httpx.AsyncClient) -> None:
+        """After the load, each instance must still answer ``/ready`` promptly: a wedged one would not."""
+        for instance in self.instances:
+            began = perf()
+            try:
+                response = await client.get(f"http://{HOST}:{instance.port}/ready", timeout=10.0)
+                status = str(response.status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            self.readiness.append(f"{instance.name} /ready {status} in {(perf() - began) * 1000:.0f} ms")
 
     async def _operation(self, kind: str, client: httpx.AsyncClient) -> None:
         if kind == "create":
@@ -687,6 +700,8 @@ class ChaosRun:
         )
         print(f"{label} unanswered (transport, cancels): {dict(sorted(led.transport.items()))}")
         print(f"{label} faults: {'; '.join(self.faults)}")
+        timeouts = sum(n for what, n in led.transport.items() if what.endswith(" timeout"))
+        print(f"{label} after the load: {'; '.join(self.readiness)}; request timeouts {timeouts} (a wedge shows here)")
         print(
             f"{label} lost: {totals.lost_not_recorded} acknowledged not recorded, {totals.lost_not_unlocked} passed "
             f"but not unlocked ({totals.lost_not_unlocked_unacknowledged} of them unacknowledged), "

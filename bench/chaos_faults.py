@@ -48,7 +48,12 @@ class _PinnedServer(ThreadingHTTPServer):
     def __init__(self, fake: FakeChatServer, port: int, down: threading.Event) -> None:
         self.fake = fake
         self.down = down
+        self.handler_errors = 0
         super().__init__(("127.0.0.1", port), _OutageHandler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Counted, not printed: a request torn by the stop (e.g. an empty body) must not flood the output."""
+        self.handler_errors += 1
 
 
 class ScorerEndpoint:
