@@ -6,19 +6,41 @@ The Kafka bus (``app.adapters.kafka_bus``) returns once the broker has the batch
 their own tasks, commit after the handler returns and may deliver an event more than once, so handlers
 must be idempotent.
 
-Two exceptions let callers tell "the infrastructure is down" from "this event is bad":
-``BusUnavailableError`` (raised by ``publish``: retry later, the events are not at fault) and
-``TransientHandlerError`` (raised by a handler: retry the batch later, never dead-letter it).
+Failures fall in three kinds (:func:`classify_failure`), the same for the outbox relay and the Kafka
+consumers:
+
+- ``INFRASTRUCTURE``: ``BusUnavailableError`` (raised by ``publish``), ``TransientHandlerError`` (raised
+  by a handler) or a database outage (``app.db.errors.is_database_outage``: locked, busy, away,
+  deadlock). Not the event's fault: retried with backoff for as long as it lasts, never counted.
+- ``MALFORMED``: the event can never be applied (undecodable payload, unknown type or schema version,
+  ``MalformedEventError`` from a handler, e.g. it names a conversation that does not exist):
+  dead-lettered at once and counted.
+- ``EVENT``: anything else a handler raises (a bug that this event triggers): counted toward the
+  event's attempts and dead-lettered after the configured number; the reconciler repairs an unlock
+  that such an event failed to apply.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, Self
 
+import msgspec
+
+from app.db.errors import is_database_outage
 from app.domain.events import EventEnvelope
 
-__all__ = ["BusUnavailableError", "EventBus", "EventHandler", "MemoryEventBus", "TransientHandlerError"]
+__all__ = [
+    "BusUnavailableError",
+    "EventBus",
+    "EventHandler",
+    "FailureKind",
+    "MalformedEventError",
+    "MemoryEventBus",
+    "TransientHandlerError",
+    "classify_failure",
+]
 
 EventHandler = Callable[[Sequence[EventEnvelope]], Awaitable[None]]
 
@@ -31,6 +53,41 @@ class BusUnavailableError(Exception):
 class TransientHandlerError(Exception):
     """Raised (or chained) by a handler when the failure is not the events' fault, e.g. the database is
     unreachable: the bus retries the batch with backoff for as long as it takes and never dead-letters it."""
+
+
+class MalformedEventError(Exception):
+    """Raised by a handler for an event that can never be applied (it names something that does not
+    exist, or its payload does not fit its type): dead-letter it now, retrying cannot help."""
+
+
+class FailureKind(enum.Enum):
+    """Whose fault a failure is; see the module docstring."""
+
+    INFRASTRUCTURE = "infrastructure"
+    MALFORMED = "malformed"
+    EVENT = "event"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def classify_failure(exc: BaseException, transient: tuple[type[BaseException], ...] = ()) -> FailureKind:
+    """The kind of ``exc``, looking through what it was raised from; ``transient`` adds exception types
+    that count as infrastructure (a broker client's connection errors)."""
+    chain = _chain(exc)
+    if any(isinstance(e, (BusUnavailableError, TransientHandlerError, *transient)) for e in chain):
+        return FailureKind.INFRASTRUCTURE
+    if is_database_outage(exc):
+        return FailureKind.INFRASTRUCTURE
+    if any(isinstance(e, MalformedEventError | msgspec.DecodeError) for e in chain):  # ValidationError too
+        return FailureKind.MALFORMED
+    return FailureKind.EVENT
 
 
 class EventBus(Protocol):

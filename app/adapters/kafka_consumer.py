@@ -5,11 +5,15 @@ Semantics (at-least-once, per-partition order):
   offsets are committed only after the handler returned, so a crash redelivers the batch.
 - A record that cannot be read (malformed JSON or envelope, unknown event type, unsupported schema
   version, payload of the wrong shape) goes to the dead-letter topic at once, without the handler.
-- A failing handler is retried with exponential backoff up to ``max_attempts``; then the batch is split
+- Handler failures are classified like the outbox relay's (``event_bus.classify_failure``):
+- An infrastructure failure (``TransientHandlerError``, one of ``transient_errors``, or a database outage:
+  locked, busy, away, deadlock) is never the events' fault: the finished part of the poll is committed,
+  the consumer seeks back to the rest (its offsets stay uncommitted) and retries after a backoff, forever.
+- A malformed or unknown event (``MalformedEventError``, a payload that does not decode) is isolated by
+  splitting the batch and goes to the dead-letter topic at once, without retries.
+- Any other failure is retried with exponential backoff up to ``max_attempts``; then the batch is split
   in halves (each tried once, recursively, in order) until the failing events stand alone; a lone event
   that still fails ``max_attempts`` times goes to the dead-letter topic with the reason, and the rest go on.
-- A ``TransientHandlerError`` (or one of ``transient_errors``) is never the events' fault: the finished part
-  of the poll is committed, the consumer seeks back to the rest and retries after a backoff, forever.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from app.adapters.event_bus import EventHandler
+from app.adapters.event_bus import EventHandler, FailureKind, classify_failure
 from app.adapters.kafka_records import DeadLetter, decode_record
 from app.domain.events import EventEnvelope
 
@@ -168,9 +172,12 @@ class PollProcessor:
             try:
                 await self._handler(envelopes)
             except Exception as exc:
-                if self._is_transient(exc):
+                kind = classify_failure(exc, self._transient)
+                if kind is FailureKind.INFRASTRUCTURE:
                     raise _RetryLater(f"{type(exc).__name__}: {exc}") from exc
                 error = exc
+                if kind is FailureKind.MALFORMED:  # retrying cannot help: isolate it and set it aside now
+                    break
                 log.warning(
                     "event handler failed",
                     group=self._group,
@@ -189,7 +196,10 @@ class PollProcessor:
         assert error is not None
         self._stats.failed(error)
         if len(items) == 1:
-            reason = f"handler failed {attempts} times: {type(error).__name__}: {error}"
+            if classify_failure(error, self._transient) is FailureKind.MALFORMED:
+                reason = f"malformed: {type(error).__name__}: {error}"
+            else:
+                reason = f"handler failed {attempts} times: {type(error).__name__}: {error}"
             await self._dead_letter(progress, items[0][0], DeadLetter(reason, attempts))
             return
         # Isolate the failing events: halves in order (so each partition's order holds), each tried once;
@@ -210,14 +220,6 @@ class PollProcessor:
             offset=record.offset,
             reason=dead.reason,
         )
-
-    def _is_transient(self, exc: BaseException) -> bool:
-        seen: BaseException | None = exc
-        while seen is not None:
-            if isinstance(seen, self._transient):
-                return True
-            seen = seen.__cause__
-        return False
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -220,16 +220,27 @@ class ModerationStore:
         self,
         conversation_id: uuid.UUID,
         expected: UnlockState,
-        state: UnlockState,
+        decision: OverrideDecision,
+        decision_id: uuid.UUID,
         now: datetime,
     ) -> bool:
-        """Set the conversation's state if it is still ``expected`` (compare-and-set: a concurrent
-        change wins and this returns ``False``)."""
-        values: dict[Any, Any] = {Conversation.unlock_state: state.value, Conversation.updated_at: now}
-        if state is UnlockState.UNLOCKED:
+        """Apply a decision to the conversation row if its shared state is still ``expected``
+        (compare-and-set: a concurrent change wins and this returns ``False``). UNLOCK unlocks and lifts
+        a moderator's lock; LOCK locks and holds the lock; ALLOW_RETRY lifts the lock (the requester's
+        own retry state is written by the caller)."""
+        values: dict[Any, Any] = {Conversation.updated_at: now}
+        if decision is OverrideDecision.UNLOCK:
+            values[Conversation.unlock_state] = UnlockState.UNLOCKED.value
             values[Conversation.unlocked_at] = now
-        elif state is UnlockState.LOCKED:
+        elif decision is OverrideDecision.LOCK:
+            values[Conversation.unlock_state] = UnlockState.LOCKED.value
             values[Conversation.unlocked_at] = None
+        if decision is OverrideDecision.LOCK:
+            values[Conversation.moderation_locked_at] = now
+            values[Conversation.moderation_decision_id] = decision_id
+        else:
+            values[Conversation.moderation_locked_at] = None
+            values[Conversation.moderation_decision_id] = None
         rows = (
             await Conversation.update(values)
             .where((Conversation.id == conversation_id) & (Conversation.unlock_state == expected.value))

@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from piccolo.querystring import QueryString
 
-from app.db.tables import Conversation, Profile, UserDataKey
+from app.db.tables import Conversation, ConversationRequesterState, Profile, UserDataKey, requester_state_id
 from app.domain.field_crypto import KeyDestroyedError, Keyring
 from app.domain.quiz import ConsentPreference, ProfileInput, PromptPair, TargetProfile, UnlockState
+from app.domain.requester_state import RequesterState
 
 if TYPE_CHECKING:
     from app.services.encryption import FieldEncryption
@@ -49,8 +51,11 @@ class ConversationRecord(msgspec.Struct, frozen=True):
     id: uuid.UUID
     participant_ids: list[uuid.UUID]
     unlock_state: UnlockState
+    """LOCKED or UNLOCKED; each requester's retry state is in :class:`RequesterState`."""
     unlocked_at: datetime | None
     updated_at: datetime
+    moderation_locked_at: datetime | None = None
+    """When a moderator's LOCK (still in force) was decided; ``None`` when no lock holds."""
 
 
 def pair_of(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
@@ -80,6 +85,18 @@ def conversation_record(row: dict[str, Any]) -> ConversationRecord:
         participant_ids=[row["participant_low"], row["participant_high"]],
         unlock_state=UnlockState(row["unlock_state"]),
         unlocked_at=row["unlocked_at"],
+        updated_at=row["updated_at"],
+        moderation_locked_at=row.get("moderation_locked_at"),
+    )
+
+
+def _requester_state(row: dict[str, Any]) -> RequesterState:
+    return RequesterState(
+        conversation_id=row["conversation_id"],
+        requester_id=row["requester_id"],
+        unlock_state=UnlockState(row["unlock_state"]),
+        retry_available_at=row["retry_available_at"],
+        attempt_id=row["attempt_id"],
         updated_at=row["updated_at"],
     )
 
@@ -164,6 +181,89 @@ class ProfileStore:
             return {}
         rows = await Conversation.select().where(Conversation.id.is_in(list(ids))).run()
         return {row["id"]: conversation_record(row) for row in rows}
+
+    async def lock_conversations(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ConversationRecord]:
+        """Like :meth:`get_conversations`, for a transaction about to change them: the rows are locked
+        (``FOR UPDATE``) on PostgreSQL until it ends; SQLite's write transaction holds the database."""
+        if not ids:
+            return {}
+        query = Conversation.select().where(Conversation.id.is_in(sorted(ids)))
+        if Conversation._meta.db.engine_type != "sqlite":
+            query = query.lock_rows()
+        rows = await query.run()
+        return {row["id"]: conversation_record(row) for row in rows}
+
+    async def unlock_conversation(self, conversation_id: uuid.UUID, now: datetime) -> bool:
+        """Compare-and-set: UNLOCKED if it is not already and no moderator's lock holds. ``False`` when
+        a concurrent change (a moderator's LOCK) won: that decision is never overwritten."""
+        rows = await (
+            Conversation.update(
+                {
+                    Conversation.unlock_state: UnlockState.UNLOCKED.value,
+                    Conversation.unlocked_at: now,
+                    Conversation.updated_at: now,
+                }
+            )
+            .where(
+                (Conversation.id == conversation_id)
+                & (Conversation.unlock_state != UnlockState.UNLOCKED.value)
+                & Conversation.moderation_locked_at.is_null()
+            )
+            .returning(Conversation.id)
+            .run()
+        )
+        return bool(rows)
+
+    async def set_requester_states(self, states: Collection[RequesterState]) -> None:
+        """Record each requester's own state (one row per conversation and requester, replaced)."""
+        t = ConversationRequesterState
+        for state in states:
+            row = t(
+                id=requester_state_id(state.conversation_id, state.requester_id),
+                conversation_id=state.conversation_id,
+                requester_id=state.requester_id,
+                unlock_state=state.unlock_state.value,
+                retry_available_at=state.retry_available_at,
+                attempt_id=state.attempt_id,
+                updated_at=state.updated_at,
+            )
+            await (
+                t.insert(row)
+                .on_conflict(
+                    target=t.id,
+                    action="DO UPDATE",
+                    values=[t.unlock_state, t.retry_available_at, t.attempt_id, t.updated_at],
+                )
+                .run()
+            )
+
+    async def requester_state(self, conversation_id: uuid.UUID, requester_id: uuid.UUID) -> RequesterState | None:
+        """The requester's own state in the conversation, if they ever took its quiz."""
+        t = ConversationRequesterState
+        row = await t.select().where(t.id == requester_state_id(conversation_id, requester_id)).first().run()
+        return _requester_state(row) if row else None
+
+    async def passed_but_locked(self, submitted_before: datetime, limit: int) -> list[dict[str, Any]]:
+        """Passed attempts submitted before ``submitted_before`` whose conversation is still not UNLOCKED,
+        with no moderator's lock on it and no LOCK decided since the attempt: unlocks that were lost.
+        Oldest first; each row has the attempt's ids, score and ``submitted_at``."""
+        return await Conversation._meta.db.run_querystring(
+            QueryString(
+                """SELECT a."id", a."connection_key_id", a."conversation_id", a."requester_id", a."target_id",
+                          a."score", a."submitted_at"
+                FROM "connection_key_attempts" a JOIN "conversations" c ON c."id" = a."conversation_id"
+                WHERE a."passed" = {} AND c."unlock_state" <> 'UNLOCKED' AND c."moderation_locked_at" IS NULL
+                  AND a."submitted_at" < {}
+                  AND NOT EXISTS (
+                    SELECT 1 FROM "moderation_decisions" d
+                    WHERE d."conversation_id" = a."conversation_id" AND d."decision" = 'LOCK'
+                      AND d."decided_at" >= a."submitted_at")
+                ORDER BY a."submitted_at" LIMIT {}""",
+                True,
+                submitted_before,
+                limit,
+            )
+        )
 
     async def get_or_create_conversation(self, a: uuid.UUID, b: uuid.UUID, now: datetime) -> ConversationRecord:
         """The pair's conversation, created LOCKED on first use; safe under concurrent first use."""

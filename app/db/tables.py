@@ -29,12 +29,14 @@ __all__ = [
     "ConnectionKeyEvent",
     "ConnectionKeyQuestion",
     "Conversation",
+    "ConversationRequesterState",
     "DeviceToken",
     "ModerationDecision",
     "ProcessedEvent",
     "Profile",
     "PromptTemplate",
     "UserDataKey",
+    "requester_state_id",
     "utcnow",
 ]
 
@@ -68,9 +70,35 @@ class Conversation(Table, tablename="conversations"):
     participant_low = UUID(index=True)
     participant_high = UUID(index=True)
     unlock_state = Varchar(length=20, default="LOCKED")
+    """LOCKED or UNLOCKED: the pair's state. Each requester's retry state is their own
+    (:class:`ConversationRequesterState`)."""
     unlocked_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+    moderation_locked_at = Timestamptz(null=True, default=None)
+    """Set by a moderator's LOCK: no new quiz and no pass unlocks until a moderator lifts it
+    (``app.domain.moderation_rules``)."""
+    moderation_decision_id = UUID(null=True, default=None)
+    """The LOCK decision holding the lock."""
+
+
+class ConversationRequesterState(Table, tablename="conversation_requester_states"):
+    """One requester's side of a conversation: the outcome of their latest attempt (RETRY_AVAILABLE or
+    COOLDOWN, with when they may try again), so the other participant's attempts never replace it.
+    ``id`` is :func:`requester_state_id`; (conversation_id, requester_id) is unique."""
+
+    id = UUID(primary_key=True)
+    conversation_id = UUID()
+    requester_id = UUID()
+    unlock_state = Varchar(length=20, default="LOCKED")
+    retry_available_at = Timestamptz(null=True, default=None)
+    attempt_id = UUID(null=True, default=None)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+def requester_state_id(conversation_id: uuid.UUID, requester_id: uuid.UUID) -> uuid.UUID:
+    """Deterministic row id for (conversation, requester)."""
+    return uuid.uuid5(conversation_id, f"requester:{requester_id}")
 
 
 class PromptTemplate(Table, tablename="prompt_templates"):
@@ -171,7 +199,13 @@ class ConnectionKeyEvent(Table, tablename="connection_key_events"):
 
 class ProcessedEvent(Table, tablename="processed_events"):
     """Event ids a consumer has applied, written in the same transaction as the consumer's change.
+    """Failed publishes that were the event's fault (never infrastructure outages)."""
 
+    lease_owner = Varchar(length=64, null=True, default=None)
+    """The relay instance publishing this row now; others skip it until ``lease_until``."""
+    lease_until = Timestamptz(null=True, default=None)
+    dead_lettered_at = Timestamptz(null=True, default=None)
+    """Set (with ``published_at`` and ``last_error``) when the event was malformed or unknown and set aside."""
     ``id`` is uuid5(consumer, event id), so the primary key itself rejects a second application.
     """
 
@@ -284,6 +318,7 @@ ALL_TABLES: tuple[type[Table], ...] = (
     ConnectionKeyQuestion,
     ConnectionKeyAttempt,
     ConnectionKeyEvent,
+    ConversationRequesterState,
     ProcessedEvent,
     DeviceToken,
     ModerationDecision,

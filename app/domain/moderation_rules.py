@@ -5,16 +5,21 @@ The decisions:
 
 ``UNLOCK``
     The conversation becomes UNLOCKED, as if the attempt had passed (a scorer got it wrong). Both people
-    are told, exactly as after a pass. Already unlocked: nothing changes.
+    are told, exactly as after a pass. Lifts a moderator's lock. Already unlocked: nothing changes.
 ``LOCK``
     Revokes an unlock (for example one won by prompt injection): UNLOCKED becomes LOCKED, the only way
-    an unlock is ever undone. The requester may take a new quiz under the usual retry rules. A
-    conversation that is not unlocked: nothing changes.
+    an unlock is ever undone, and the conversation stays under the moderator's lock: no new quiz for
+    the pair (create answers FORBIDDEN) and a pass arriving later (an attempt in flight, a redelivered
+    event, the reconciler) does not unlock, until a moderator lifts the lock with ``UNLOCK`` or
+    ``ALLOW_RETRY``. A conversation that is not unlocked: nothing changes.
 ``ALLOW_RETRY``
     Excuses this failed attempt: it no longer counts towards the cooldown or the daily limit, so the
     requester may try again as soon as their other failures allow (usually at once), and is told so.
-    Refused for a passed attempt or an unlocked conversation; a second excuse of the same attempt
-    changes nothing.
+    On a conversation under a moderator's lock it lifts the lock (whatever the attempt's outcome) and
+    the requester may try again under the usual retry rules. Otherwise refused for a passed attempt or
+    an unlocked conversation; a second excuse of the same attempt changes nothing.
+
+States here are what the attempt's requester sees (``app.domain.requester_state.participant_view``).
 """
 
 from __future__ import annotations
@@ -83,9 +88,11 @@ def decide_override(
     other_failures: Sequence[datetime],
     now: datetime,
     policy: RetryPolicy,
+    moderation_locked: bool = False,
 ) -> OverrideOutcome:
     """Apply ``decision`` to a conversation in state ``current``. ``other_failures`` are the requester's
-    failed attempts on the conversation that still count, this attempt excluded (ALLOW_RETRY only)."""
+    failed attempts on the conversation that still count, this attempt excluded (ALLOW_RETRY only).
+    ``moderation_locked``: a moderator's LOCK holds (only ALLOW_RETRY and UNLOCK lift it)."""
     if decision is OverrideDecision.UNLOCK:
         if current is UnlockState.UNLOCKED:
             return OverrideOutcome(current, None, changed=False)
@@ -94,6 +101,10 @@ def decide_override(
         if current is not UnlockState.UNLOCKED:
             return OverrideOutcome(current, None, changed=False)
         return OverrideOutcome(UnlockState.LOCKED, None, changed=True)
+    if moderation_locked and current is not UnlockState.UNLOCKED:
+        recent = [f for f in other_failures if f > now - WINDOW]
+        state = UnlockState.COOLDOWN if len(recent) >= policy.max_attempts_per_day else UnlockState.RETRY_AVAILABLE
+        return OverrideOutcome(state, may_start_attempt(recent, now, policy) or now, changed=True)
     if attempt_passed:
         raise DecisionRefused("This attempt passed: there is no failure to excuse.")
     if current is UnlockState.UNLOCKED:

@@ -42,6 +42,7 @@ from app.services.notifications import CONSUMER_GROUP as NOTIFICATIONS_GROUP
 from app.services.notifications import NotificationService
 from app.services.outbox_relay import OutboxRelay
 from app.services.profiles import ProfileService
+from app.services.reconciler import Reconciler
 from app.services.scoring_runner import ScoringRunner
 from app.services.submit_key import SubmitConnectionKey
 from app.services.template_library import TemplateLibrary
@@ -221,7 +222,15 @@ async def open_services(
             read_plaintext=settings.encryption.legacy_plaintext == "read",
         )
         profile_store, key_store, outbox = ProfileStore(encryption), KeyStore(encryption), OutboxStore()
-        relay = OutboxRelay(outbox, bus, clock)
+        relay = OutboxRelay(
+            outbox,
+            bus,
+            clock,
+            batch_size=settings.outbox.batch_size,
+            poll_seconds=settings.outbox.poll_seconds,
+            max_backoff_seconds=settings.outbox.max_backoff_seconds,
+            lease_seconds=settings.outbox.lease_seconds,
+        )
         deps = KeyDependencies(
             settings=settings,
             db=db,
@@ -259,6 +268,10 @@ async def open_services(
         if background:
             await stack.enter_async_context(queue)
             await stack.enter_async_context(relay)
+            # Entered after the relay, so at shutdown it stops first and never drains a stopped relay.
+            await stack.enter_async_context(
+                Reconciler(settings.outbox, outbox, profile_store, orchestrator, relay, clock)
+            )
         if background and settings.audit.export_interval_seconds:
             exporter = AuditExporter(db, audit.store, archive_from_settings(settings.audit), settings.audit, clock)
             await stack.enter_async_context(AuditExportLoop(exporter, settings.audit.export_interval_seconds))

@@ -120,6 +120,8 @@ class CreateConnectionKey:
         if conversation.unlock_state is UnlockState.UNLOCKED:
             raise ServiceError(ErrorCode.CONFLICT, "This conversation is already unlocked.")
         failures = await deps.keys.recent_failures(requester_id, conversation.id, now - WINDOW)
+        if conversation.moderation_locked_at is not None:  # until a moderator lifts it (moderation_rules)
+            raise ServiceError(ErrorCode.FORBIDDEN, "A moderator has locked this conversation; no new quiz for now.")
         retry_at = may_start_attempt(failures, now, deps.retry_policy)
         if retry_at is not None:
             raise ServiceError(

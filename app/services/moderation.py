@@ -21,7 +21,7 @@ from app.db.engine import Database
 from app.db.key_store import KeyStore
 from app.db.moderation_store import AttemptFilter, DecisionRow, ModerationStore, open_reason, seal_reason
 from app.db.outbox_store import OutboxStore, new_envelope
-from app.db.profile_store import ProfileStore
+from app.db.profile_store import ConversationRecord, ProfileStore
 from app.domain.audit_chain import AuditActor
 from app.domain.events import ConversationStatusChanged, EventType
 from app.domain.field_crypto import KeyDestroyedError, Keyring, UserKeys, new_data_key
@@ -38,6 +38,7 @@ from app.domain.moderation_contract import (
 )
 from app.domain.moderation_rules import (
     DecisionRefused,
+    OverrideDecision,
     OverrideOutcome,
     PageCursor,
     clean_reason,
@@ -45,6 +46,7 @@ from app.domain.moderation_rules import (
     encode_cursor,
 )
 from app.domain.quiz import UnlockState
+from app.domain.requester_state import RequesterState, participant_view
 from app.domain.scoring import QuestionOutcome
 from app.domain.unlock_rules import WINDOW, RetryPolicy
 from app.errors import ErrorCode, ServiceError
@@ -252,7 +254,7 @@ class ModerationService:
             record = msgspec.structs.replace(record, erased=[*record.erased, "decisions.reason"])
         detail = AttemptDetail(
             attempt=_summary(row, _outcomes.decode(row["breakdown"])),
-            conversation_state=conversation.unlock_state if conversation else None,
+            conversation_state=(await self._seen_by(conversation, requester)) if conversation else None,
             retry_available_at=record.retry_available_at,
             started_at=record.started_at,
             total_elapsed_ms=record.total_elapsed_ms,
@@ -372,8 +374,9 @@ class ModerationService:
             if conversation is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "The attempt's conversation no longer exists.")
             _refuse_own(principal, attempt, conversation.participant_ids)
+            seen = await self._seen_by(conversation, attempt["requester_id"])
             try:
-                outcome = await self._decide(data, attempt, conversation.unlock_state, now)
+                outcome = await self._decide(data, attempt, seen, conversation.moderation_locked_at is not None, now)
             except ServiceError:
                 # A request with this key may have committed since the look above (PostgreSQL reads each
                 # statement's own snapshot): what we saw may be its doing, so it is a replay, not a refusal.
@@ -389,7 +392,7 @@ class ModerationService:
                 "decision": data.decision.value,
                 "reason": reason,
                 "conversationId": str(conversation.id),
-                "previousState": conversation.unlock_state.value,
+                "previousState": seen.value,
                 "newState": outcome.state.value,
             }
             if not outcome.changed:
@@ -404,7 +407,7 @@ class ModerationService:
                     applied=False,
                     replayed=False,
                     conversation_id=conversation.id,
-                    unlock_state=conversation.unlock_state,
+                    unlock_state=seen,
                     decision=None,
                 )
                 return result, None
@@ -420,7 +423,7 @@ class ModerationService:
                 moderator_id=principal.user_id,
                 decision=data.decision,
                 reason=seal_reason(sealer, requester, decision_id, reason),
-                previous_state=conversation.unlock_state,
+                previous_state=seen,
                 new_state=outcome.state,
                 retry_available_at=outcome.retry_available_at,
                 idempotency_id=key_id,
@@ -428,8 +431,23 @@ class ModerationService:
             )
             if not await self._store.insert_decision(row):
                 raise _AlreadyDecided
-            if not await self._store.move_conversation(conversation.id, conversation.unlock_state, outcome.state, now):
+            if not await self._store.move_conversation(
+                conversation.id, conversation.unlock_state, data.decision, decision_id, now
+            ):
                 raise ServiceError(ErrorCode.CONFLICT, "The conversation changed meanwhile; look again and retry.")
+            if data.decision is OverrideDecision.ALLOW_RETRY:
+                await self._profiles.set_requester_states(
+                    [
+                        RequesterState(
+                            conversation_id=conversation.id,
+                            requester_id=requester,
+                            unlock_state=outcome.state,
+                            retry_available_at=outcome.retry_available_at,
+                            attempt_id=attempt_id,
+                            updated_at=now,
+                        )
+                    ]
+                )
             status = ConversationStatusChanged(
                 conversation_id=conversation.id,
                 participant_ids=conversation.participant_ids,
@@ -457,8 +475,15 @@ class ModerationService:
         )
         return result, status
 
+    async def _seen_by(self, conversation: ConversationRecord, requester_id: uuid.UUID) -> UnlockState:
+        """The conversation's state as the attempt's requester sees it (their own retry state)."""
+        own = await self._profiles.requester_state(conversation.id, requester_id)
+        return participant_view(
+            conversation.unlock_state, conversation.moderation_locked_at is not None, own
+        ).unlock_state
+
     async def _decide(
-        self, data: OverrideInput, attempt: dict[str, Any], current: UnlockState, now: datetime
+        self, data: OverrideInput, attempt: dict[str, Any], current: UnlockState, locked: bool, now: datetime
     ) -> OverrideOutcome:
         excused = await self._store.is_excused(attempt["id"])
         others = await self._store.counted_failures(
@@ -473,6 +498,7 @@ class ModerationService:
                 other_failures=others,
                 now=now,
                 policy=self._policy,
+                moderation_locked=locked,
             )
         except DecisionRefused as exc:
             raise ServiceError(ErrorCode.CONFLICT, str(exc), field="decision") from None

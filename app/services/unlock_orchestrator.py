@@ -1,23 +1,24 @@
-"""The unlock consumer: applies QUIZ_COMPLETED events to conversations, exactly once per event."""
+"""The unlock consumer: applies QUIZ_COMPLETED events to conversations, exactly once per event.
+
+A pass unlocks the conversation by compare-and-set (never over a moderator's lock); a failure sets only
+the requester's own retry state (``app.domain.requester_state``)."""
 
 from __future__ import annotations
 
-import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import msgspec
 import structlog
 
+from app.adapters.event_bus import MalformedEventError
 from app.adapters.pubsub import PubSub
 from app.db.engine import Database
 from app.db.outbox_store import OutboxStore, new_envelope
-from app.db.profile_store import ConversationRecord, ProfileStore
-from app.db.tables import Conversation
+from app.db.profile_store import ProfileStore
 from app.domain.events import ConversationStatusChanged, EventEnvelope, EventType, QuizCompleted, decode_payload
 from app.domain.quiz import UnlockState
-from app.domain.unlock_rules import UnlockDecision, next_conversation_state
+from app.domain.requester_state import RequesterState, apply_completed
 
 __all__ = ["CONSUMER_GROUP", "UnlockOrchestrator", "status_channel"]
 
@@ -60,7 +61,8 @@ class UnlockOrchestrator:
     async def handle(self, envelopes: Sequence[EventEnvelope]) -> None:
         """Event-bus handler: applies the batch's QUIZ_COMPLETED events, in order, in one transaction
         (one commit per poll, not per event); other event types are not this consumer's. If any event
-        fails the whole batch rolls back, and the relay retries the events one by one."""
+        fails the whole batch rolls back, and the relay retries the events one by one. An event naming
+        no conversation raises ``MalformedEventError`` (dead-lettered, never retried)."""
         relevant = [e for e in envelopes if e.event_type is EventType.QUIZ_COMPLETED]
         if relevant:
             await self._apply_batch(relevant)
@@ -70,45 +72,71 @@ class UnlockOrchestrator:
         return (await self._apply_batch([envelope]))[0]
 
     async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> list[ConversationStatusChanged | None]:
-        # Set-based: a batch costs a few statements (record, read, update per resulting state, append),
-        # not a few per event. Events apply in order, so two for one conversation compose correctly.
-        events = [(envelope, decode_payload(envelope)) for envelope in envelopes]
+        # Set-based: a batch costs a few statements (record, lock-read, conditional unlock, requester
+        # states, append), not a few per event. Events apply in order, so two for one conversation compose.
+        events = []
+        for envelope in envelopes:
+            event = decode_payload(envelope)
+            if not isinstance(event, QuizCompleted):
+                raise MalformedEventError(f"{envelope.event_type.value} payload is not a QuizCompleted")
+            events.append((envelope, event))
         now = self._clock()
         statuses: list[ConversationStatusChanged | None] = []
         async with self._db.transaction():
             fresh = await self._outbox.record_processed_many(CONSUMER_GROUP, [e.event_id for e, _ in events], now)
-            conversations = await self._profiles.get_conversations(
+            # Locked until commit on PostgreSQL, so a moderator's LOCK waits for us or we for it; the
+            # unlock itself is compare-and-set besides, so a decision committed meanwhile always wins.
+            conversations = await self._profiles.lock_conversations(
                 {event.conversation_id for envelope, event in events if envelope.event_id in fresh}
             )
-            states = {cid: record.unlock_state for cid, record in conversations.items()}
-            appended = []
+            shared = {cid: record.unlock_state for cid, record in conversations.items()}
+            appended, own_states = [], {}
             for envelope, event in events:
-                assert isinstance(event, QuizCompleted)
                 if envelope.event_id not in fresh:
                     log.info("duplicate event ignored", event_id=str(envelope.event_id))
                     statuses.append(None)
                     continue
                 fresh.discard(envelope.event_id)  # the same event twice in one batch applies once
-                if event.conversation_id not in conversations:
-                    raise LookupError(f"conversation {event.conversation_id} does not exist")
-                current = states[event.conversation_id]
-                state = next_conversation_state(current, UnlockDecision(event.unlock_state, event.retry_available_at))
-                states[event.conversation_id] = state
+                record = conversations.get(event.conversation_id)
+                if record is None:
+                    raise MalformedEventError(f"conversation {event.conversation_id} does not exist")
+                current = shared[event.conversation_id]
+                outcome = apply_completed(
+                    current,
+                    record.moderation_locked_at is not None,
+                    event.passed,
+                    event.unlock_state,
+                    event.retry_available_at,
+                )
+                state = outcome.state
+                if outcome.unlock and not await self._profiles.unlock_conversation(event.conversation_id, now):
+                    state = UnlockState.LOCKED  # a moderator's lock won the race: it stands
+                if state is UnlockState.UNLOCKED:
+                    shared[event.conversation_id] = UnlockState.UNLOCKED
+                else:
+                    own_states[(event.conversation_id, event.requester_id)] = RequesterState(
+                        conversation_id=event.conversation_id,
+                        requester_id=event.requester_id,
+                        unlock_state=state,
+                        retry_available_at=outcome.retry_available_at,
+                        attempt_id=event.attempt_id,
+                        updated_at=now,
+                    )
                 status = ConversationStatusChanged(
                     conversation_id=event.conversation_id,
-                    participant_ids=conversations[event.conversation_id].participant_ids,
+                    participant_ids=record.participant_ids,
                     unlock_state=state,
                     attempt_id=event.attempt_id,
                     score=event.score,
-                    retry_available_at=None if state is UnlockState.UNLOCKED else event.retry_available_at,
+                    retry_available_at=outcome.retry_available_at,
                     updated_at=now,
                     requester_id=event.requester_id,
                 )
                 # An unlocked conversation stays quiet; every failure tells the requester when to retry.
-                if state is not current or state is not UnlockState.UNLOCKED:
+                if state in _STATE_EVENTS and (state is not current or state is not UnlockState.UNLOCKED):
                     appended.append(new_envelope(_STATE_EVENTS[state], event.conversation_id, status, now))
                 statuses.append(status)
-            await self._write_states(conversations, states, now)
+            await self._profiles.set_requester_states(list(own_states.values()))
             await self._outbox.append(appended)
         self._on_events_written()
         for status in statuses:
@@ -120,17 +148,3 @@ class UnlockOrchestrator:
                     unlock_state=status.unlock_state.value,
                 )
         return statuses
-
-    @staticmethod
-    async def _write_states(
-        before: dict[uuid.UUID, ConversationRecord], after: dict[uuid.UUID, UnlockState], now: datetime
-    ) -> None:
-        groups: defaultdict[tuple[UnlockState, bool], list[uuid.UUID]] = defaultdict(list)
-        for cid, state in after.items():
-            newly_unlocked = state is UnlockState.UNLOCKED and before[cid].unlock_state is not UnlockState.UNLOCKED
-            groups[(state, newly_unlocked)].append(cid)
-        for (state, newly_unlocked), ids in groups.items():
-            values: dict = {Conversation.unlock_state: state.value, Conversation.updated_at: now}
-            if newly_unlocked:
-                values[Conversation.unlocked_at] = now
-            await Conversation.update(values).where(Conversation.id.is_in(ids)).run()

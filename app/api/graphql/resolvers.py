@@ -20,14 +20,22 @@ from app.api.graphql.types import (
     Profile,
     ProfileInput,
 )
+from app.db.profile_store import ConversationRecord, ProfileStore
 from app.domain import contract
 from app.domain.field_crypto import KeyDestroyedError
+from app.domain.requester_state import ParticipantView, participant_view
 from app.errors import ErrorCode, ServiceError
 from app.services.create_key import public_payload
 from app.services.limits import enforce_limit
 from app.services.profiles import parse_profile_input
 
-__all__ = ["Mutation", "Query"]
+__all__ = ["Mutation", "Query", "viewer_state"]
+
+
+async def viewer_state(store: ProfileStore, record: ConversationRecord, viewer: uuid.UUID) -> ParticipantView:
+    """The conversation as ``viewer`` sees it: shared UNLOCKED/LOCKED, or their own retry state."""
+    own = await store.requester_state(record.id, viewer)
+    return participant_view(record.unlock_state, record.moderation_locked_at is not None, own)
 
 
 def _uuid(value: str, field: str) -> uuid.UUID:
@@ -59,12 +67,14 @@ class Query:
 
     @strawberry.field(permission_classes=[IsAuthenticated], description="A conversation the caller takes part in.")
     async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
-        record = await info.context.services.profile_store.get_conversation(_uuid(id, "id"))
+        store = info.context.services.profile_store
+        record = await store.get_conversation(_uuid(id, "id"))
         if record is None:
             return None
-        if await info.context.user_id() not in record.participant_ids:
+        user_id = await info.context.user_id()
+        if user_id not in record.participant_ids:
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of this conversation.")
-        return Conversation.of(record)
+        return Conversation.of(record, await viewer_state(store, record, user_id))
 
     @strawberry.field(permission_classes=[IsAuthenticated], description="The caller's unexpired, unsubmitted keys.")
     async def my_connection_keys(self, info: Info) -> list[ConnectionKeyPayload]:

@@ -11,7 +11,7 @@ import strawberry
 import structlog
 
 from app.api.graphql.context import GraphQLContext, Info
-from app.api.graphql.resolvers import _uuid
+from app.api.graphql.resolvers import _uuid, viewer_state
 from app.api.graphql.types import ConnectionKeyStatus
 from app.api.graphql.websocket import CLOSE_FELL_BEHIND
 from app.domain.events import ConversationStatusChanged
@@ -25,21 +25,24 @@ _decoder = msgspec.json.Decoder(ConversationStatusChanged)
 
 
 async def _status_stream(
-    context: GraphQLContext, conversation_id: uuid.UUID
+    context: GraphQLContext, conversation_id: uuid.UUID, viewer: uuid.UUID
 ) -> AsyncGenerator[ConnectionKeyStatus, None]:
     services = context.services
     # Subscribe before reading the row: a change between the two then arrives twice, never not at all.
     async with services.pubsub.subscribe(status_channel(conversation_id)) as messages:
         record = await services.profile_store.get_conversation(conversation_id)
-        if record is not None:
-            yield ConnectionKeyStatus.of_conversation(record)
+        if record is not None:  # each participant sees their own retry state, not the other's
+            yield ConnectionKeyStatus.of_conversation(
+                record, await viewer_state(services.profile_store, record, viewer)
+            )
         async for message in messages:
             try:
                 status = _decoder.decode(message)
             except msgspec.DecodeError:  # ValidationError included
                 log.warning("status_message_unreadable", conversation_id=str(conversation_id))
                 continue
-            yield ConnectionKeyStatus.of_status(status)
+            if (shown := ConnectionKeyStatus.for_viewer(status, viewer)) is not None:
+                yield shown
     # The pub/sub ended the stream: this subscriber fell behind (or the server is stopping). Say so with
     # a close code rather than a quiet `complete`, so the client reconnects and resubscribes.
     if context.connection is None:
@@ -67,4 +70,4 @@ class Subscription:
             raise ServiceError(ErrorCode.NOT_FOUND, "Conversation not found.")
         if user_id not in record.participant_ids:
             raise ServiceError(ErrorCode.FORBIDDEN, "You are not part of this conversation.")
-        return _status_stream(info.context, cid)
+        return _status_stream(info.context, cid, user_id)

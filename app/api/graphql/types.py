@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import datetime
 
 import strawberry
@@ -13,6 +14,7 @@ from app.domain import contract
 from app.domain.events import ConversationStatusChanged
 from app.domain.quiz import QuestionKind as QuestionKindEnum
 from app.domain.quiz import UnlockState as UnlockStateEnum
+from app.domain.requester_state import ParticipantView
 
 __all__ = [
     "AnswerInput",
@@ -37,6 +39,8 @@ __all__ = [
 
 QuestionKind = strawberry.enum(QuestionKindEnum, name="QuestionKind")
 UnlockState = strawberry.enum(UnlockStateEnum, name="UnlockState")
+# A requester's own outcome: shown to them only, never to the other participant.
+_OWN_STATES = frozenset({UnlockStateEnum.RETRY_AVAILABLE, UnlockStateEnum.COOLDOWN})
 
 
 @strawberry.type
@@ -100,6 +104,9 @@ class QuestionScore:
     scorer: str
     score: float
     passed: bool
+    fallback_from: str | None = strawberry.field(
+        default=None, description="The routed scorer that failed, when a fallback (`scorer`) decided instead."
+    )
 
 
 @strawberry.type
@@ -126,6 +133,7 @@ class ConnectionKeyResult:
                     scorer=s.scorer,
                     score=s.score,
                     passed=s.passed,
+                    fallback_from=s.fallback_from,
                 )
                 for s in result.breakdown
             ],
@@ -206,18 +214,26 @@ class Profile:
 class Conversation:
     id: strawberry.ID
     participant_ids: list[strawberry.ID]
-    unlock_state: UnlockState
+    unlock_state: UnlockState = strawberry.field(
+        description="The state as the caller sees it: UNLOCKED or LOCKED for both, or the caller's own "
+        "RETRY_AVAILABLE/COOLDOWN after their failed attempt (the other person's is theirs)."
+    )
     unlocked_at: datetime | None
     updated_at: datetime
+    retry_available_at: datetime | None = strawberry.field(
+        default=None, description="When the caller may take a new quiz (RETRY_AVAILABLE or COOLDOWN)."
+    )
 
     @classmethod
-    def of(cls, record: ConversationRecord) -> Conversation:
+    def of(cls, record: ConversationRecord, view: ParticipantView | None = None) -> Conversation:
+        """``view``: the caller's own state (``participant_view``); without it the shared state."""
         return cls(
             id=strawberry.ID(str(record.id)),
             participant_ids=[strawberry.ID(str(p)) for p in record.participant_ids],
-            unlock_state=record.unlock_state,
+            unlock_state=view.unlock_state if view else record.unlock_state,
             unlocked_at=record.unlocked_at,
             updated_at=record.updated_at,
+            retry_available_at=view.retry_available_at if view else None,
         )
 
 
@@ -244,11 +260,21 @@ class ConnectionKeyStatus:
         )
 
     @classmethod
-    def of_conversation(cls, record: ConversationRecord) -> ConnectionKeyStatus:
-        """The current state, read from the conversation row (which records no attempt)."""
+    def for_viewer(cls, status: ConversationStatusChanged, viewer: uuid.UUID) -> ConnectionKeyStatus | None:
+        """``status`` as ``viewer`` should see it: ``None`` for the other participant's own retry state
+        (RETRY_AVAILABLE, COOLDOWN), which is not the viewer's; shared changes (UNLOCKED, LOCKED) go to
+        both."""
+        if status.unlock_state in _OWN_STATES and status.requester_id not in (None, viewer):
+            return None
+        return cls.of_status(status)
+
+    @classmethod
+    def of_conversation(cls, record: ConversationRecord, view: ParticipantView | None = None) -> ConnectionKeyStatus:
+        """The current state, read from the conversation row (which records no attempt); ``view``: the
+        subscriber's own state."""
         return cls(
             conversation_id=strawberry.ID(str(record.id)),
-            unlock_state=record.unlock_state,
+            unlock_state=view.unlock_state if view else record.unlock_state,
             attempt_id=None,
             score=None,
             updated_at=record.updated_at,

@@ -175,6 +175,7 @@ class HealthController(Controller):
                 "eventBus": bus.health() if hasattr(bus, "health") else {"backend": "memory", "ok": True},
             },
             "queueDepth": services.queue.depth,
+            "outbox": services.relay.stats(),  # deadLettered: malformed or unknown events set aside
             "scorers": {name: _describe(scorer) for name, scorer in sorted(services.scorers.items())},
         }
         return Response(body, status_code=200 if ready else 503)
