@@ -36,4 +36,6 @@ def nests_deeper_than(document: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     steps = _STRING.sub(b"", document).translate(_STEPS, _NOT_BRACKETS)
     if steps.count(1) <= limit:
         return False
+    if b"\x01" * (limit + 1) in steps:  # the usual attack, ``[[[[...``, found in C
+        return True
     return max(accumulate(memoryview(steps).cast("b"))) > limit

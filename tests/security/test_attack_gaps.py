@@ -117,6 +117,13 @@ def test_nesting_is_measured_on_raw_bytes() -> None:
     assert not nests_deeper_than(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH)
     assert nests_deeper_than(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
     assert not nests_deeper_than(b"[]" * 50_000)  # many brackets, shallow
+
+    # Deep without a long run of openings: each level also holds an empty array, one level deeper.
+    def staircase(levels: int) -> bytes:
+        return ("[[]," * levels + "1" + "]" * levels).encode()
+
+    assert json.loads(staircase(MAX_JSON_DEPTH)) and nests_deeper_than(staircase(MAX_JSON_DEPTH))
+    assert not nests_deeper_than(staircase(MAX_JSON_DEPTH - 1))
     # Brackets inside strings (escaped quotes included) are text.
     text = json.dumps({"answer": '\\"' + "[{" * 5_000, "other": "]}" * 5_000}).encode()
     assert not nests_deeper_than(text)
