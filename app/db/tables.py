@@ -194,11 +194,6 @@ class ConnectionKeyEvent(Table, tablename="connection_key_events"):
     occurred_at = Timestamptz(default=TimestamptzNow())
     published_at = Timestamptz(null=True, default=None, index=True)
     publish_attempts = Integer(default=0)
-    last_error = Text(null=True, default=None)
-
-
-class ProcessedEvent(Table, tablename="processed_events"):
-    """Event ids a consumer has applied, written in the same transaction as the consumer's change.
     """Failed publishes that were the event's fault (never infrastructure outages)."""
 
     lease_owner = Varchar(length=64, null=True, default=None)
@@ -208,9 +203,14 @@ class ProcessedEvent(Table, tablename="processed_events"):
     """Set (with ``published_at`` and ``last_error``) when the event was malformed or unknown and set aside."""
     ``id`` is uuid5(consumer, event id), so the primary key itself rejects a second application.
     """
-
+    last_error = Text(null=True, default=None)
     id = UUID(primary_key=True)
     consumer = Varchar(length=60)
+
+
+class ProcessedEvent(Table, tablename="processed_events"):
+    """Event ids a consumer has applied, written in the same transaction as the consumer's change.
+
     event_id = UUID()
     processed_at = Timestamptz(default=TimestamptzNow())
 
