@@ -195,17 +195,12 @@ class ConnectionKeyEvent(Table, tablename="connection_key_events"):
     published_at = Timestamptz(null=True, default=None, index=True)
     publish_attempts = Integer(default=0)
     """Failed publishes that were the event's fault (never infrastructure outages)."""
-
+    last_error = Text(null=True, default=None)
     lease_owner = Varchar(length=64, null=True, default=None)
     """The relay instance publishing this row now; others skip it until ``lease_until``."""
     lease_until = Timestamptz(null=True, default=None)
     dead_lettered_at = Timestamptz(null=True, default=None)
     """Set (with ``published_at`` and ``last_error``) when the event was malformed or unknown and set aside."""
-    ``id`` is uuid5(consumer, event id), so the primary key itself rejects a second application.
-    """
-    last_error = Text(null=True, default=None)
-    id = UUID(primary_key=True)
-    consumer = Varchar(length=60)
 
 
 class ProcessedEvent(Table, tablename="processed_events"):
@@ -216,6 +211,11 @@ class ProcessedEvent(Table, tablename="processed_events"):
 
 
 class DeviceToken(Table, tablename="device_tokens"):
+    ``id`` is uuid5(consumer, event id), so the primary key itself rejects a second application.
+    """
+
+    id = UUID(primary_key=True)
+    consumer = Varchar(length=60)
     """A device registered for push notifications. A token belongs to one user at a time: registering it
     again (another account signed in on the device) moves it. ``last_error`` is the last failed send."""
 

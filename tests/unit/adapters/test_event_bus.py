@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 import pytest
 
-from app.adapters.event_bus import MemoryEventBus
+from app.adapters.event_bus import (
+    BusUnavailableError,
+    FailureKind,
+    MalformedEventError,
+    MemoryEventBus,
+    TransientHandlerError,
+    classify_failure,
+)
 from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType, KeyCreated, decode_payload
 
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -107,3 +116,23 @@ async def test_closing_removes_consumers() -> None:
     await bus.publish([envelope(1)])
     assert log == []
     bus.subscribe("g", Recorder("g", log))  # the group name is free again
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (sqlite3.OperationalError("database is locked"), FailureKind.INFRASTRUCTURE),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), FailureKind.INFRASTRUCTURE),
+        (TransientHandlerError("pool exhausted"), FailureKind.INFRASTRUCTURE),
+        (BusUnavailableError("broker away"), FailureKind.INFRASTRUCTURE),
+        (MalformedEventError("no such conversation"), FailureKind.MALFORMED),
+        (msgspec.ValidationError("bad payload"), FailureKind.MALFORMED),
+        (sqlite3.OperationalError("no such column: x"), FailureKind.EVENT),
+        (RuntimeError("bug"), FailureKind.EVENT),
+    ],
+)
+def test_failures_are_classified_by_whose_fault_they_are(error: Exception, kind: FailureKind) -> None:
+    assert classify_failure(error) is kind
+    wrapped = RuntimeError("could not apply the batch")
+    wrapped.__cause__ = error
+    assert classify_failure(wrapped) is kind  # looked for through what it was raised from

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from app.adapters.event_bus import TransientHandlerError
+from app.adapters.event_bus import MalformedEventError, TransientHandlerError
 from app.adapters.kafka_consumer import GroupStats, PollProcessor, PollProgress, StopRequested
 from app.adapters.kafka_records import DeadLetter, encode_envelope
+from app.db.errors import DatabaseUnavailable
 from app.domain.events import SCHEMA_VERSION, EventEnvelope, EventType, KeyCreated
 
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -204,3 +207,43 @@ async def test_an_unreachable_dead_letter_topic_leaves_the_record_unfinished() -
 def test_max_attempts_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         processor(Handler(), Sink(), attempts=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlite3.OperationalError("database is locked"),
+        asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+        DatabaseUnavailable(),
+    ],
+)
+async def test_a_database_outage_is_retried_never_dead_lettered_and_not_committed(error: Exception) -> None:
+    # The transient tuple here names no database error: the consumer recognises outages itself.
+    handler, sink = Handler(error=error), Sink()
+    progress = PollProgress(records(4))
+    with pytest.raises(Exception, match=type(error).__name__):  # the consumer's retry-later signal
+        await processor(handler, sink, attempts=5).process(progress)
+    assert len(handler.calls) == 1 and sink.dead == [] and progress.finished == 0
+    assert progress.commit_offsets() == {}
+
+
+class MalformedHandler(Handler):
+    async def __call__(self, envelopes: Sequence[EventEnvelope]) -> None:
+        numbers = [e.event_id.int - 1000 for e in envelopes]
+        self.calls.append(numbers)
+        if envelope(4).event_id in {e.event_id for e in envelopes}:
+            raise MalformedEventError("conversation does not exist")
+        self.accepted.extend(numbers)
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_event_is_dead_lettered_at_once_and_the_rest_delivered() -> None:
+    handler, sink = MalformedHandler(), Sink()
+    progress = PollProgress(records(8))
+    await processor(handler, sink, attempts=5).process(progress)
+    assert handler.calls.count([4]) == 1  # alone once: retrying cannot help
+    assert sorted(handler.accepted) == [0, 1, 2, 3, 5, 6, 7]
+    ((_, offset, dead),) = sink.dead
+    assert offset == 2 and dead.reason.startswith("malformed: MalformedEventError")
+    assert progress.commit_offsets() == {TopicPartition("events", 0): 4, TopicPartition("events", 1): 4}
