@@ -195,10 +195,13 @@ class ScoringSettings(_Section):
         }
     )
     """Question kind -> registered scorer name."""
-    fallbacks: dict[Kind, str] = msgspec.field(default_factory=lambda: {"FREE_RESPONSE": "embedding.rubric"})
+    fallbacks: dict[Kind, str] = msgspec.field(
+        default_factory=lambda: {"COMPREHENSION": "rule.overlap", "FREE_RESPONSE": "embedding.rubric"}
+    )
     """Question kind -> scorer used when the routed one is unavailable (e.g. no LLM endpoint configured,
-    circuit open), times out, raises or returns junk. The attempt records both names and the reason. A
-    kind without a fallback fails those questions with a typed error (never a silent pass)."""
+    circuit open), times out, raises or returns junk. The attempt records both names and the reason
+    (breakdown lines' ``scorer`` and ``fallback_from``). When a question can be scored by neither, nothing
+    is recorded and the submission answers ``UNAVAILABLE`` (our outage is never the user's failure)."""
     shadow: dict[Kind, list[str]] = msgspec.field(default_factory=dict)
     """Question kind -> scorers run beside the live one on every answer of that kind. Their results are
     stored on the attempt (``shadow_breakdown``) for comparison and never change the decision."""
@@ -208,6 +211,9 @@ class ScoringSettings(_Section):
     them and the variant is recorded on the attempt. At most one enabled experiment per kind."""
     timeout_seconds: Annotated[float, Meta(gt=0)] = 5.0
     """A scorer that takes longer fails that question (typed, logged), never passes it."""
+    outage_retry_after_seconds: Annotated[int, Meta(ge=1, le=3600)] = 5
+    """Retry-After sent with ``UNAVAILABLE`` when a question could be scored by neither its scorer nor its
+    fallback (the submission was not recorded and may be sent again as it is)."""
     consent_must_all_pass: bool = True
     """Fail the attempt when any consent item is missed, whatever the total."""
 

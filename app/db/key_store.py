@@ -28,12 +28,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTEMPT_TABLE",
+    "OPEN_KEY_INDEX",
     "QUESTION_SEALED_COLUMNS",
     "QUESTION_TABLE",
     "AttemptRecord",
     "AttemptRow",
+    "KeyRow",
     "KeyStatus",
     "KeyStore",
+    "is_open_key_conflict",
     "open_attempt",
     "seal_attempt",
     "seal_breakdown",
@@ -63,6 +66,39 @@ class KeyStatus:
     """A participant was erased before it was submitted."""
 
 
+OPEN_KEY_INDEX = "connection_keys_one_open_per_pair"
+
+
+def is_open_key_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the database refusing a second ISSUED key for one
+    (requester, conversation)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "constraint_name", None) == OPEN_KEY_INDEX:  # asyncpg's UniqueViolationError
+            return True
+        if _SQLITE_OPEN_KEY_CONFLICT in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+_SQLITE_OPEN_KEY_CONFLICT = "UNIQUE constraint failed: connection_keys.requester_id, connection_keys.conversation_id"
+
+
+class KeyRow(msgspec.Struct, frozen=True):
+    """What the key row says about a payload, read in one query before anything expensive."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    requester_id: uuid.UUID
+    target_id: uuid.UUID
+    status: str
+    issued_at: datetime
+    expires_at: datetime
+
+
 class AttemptRow(msgspec.Struct, frozen=True):
     """Everything an attempt row holds; JSON fields are already encoded text."""
 
@@ -85,6 +121,8 @@ class AttemptRow(msgspec.Struct, frozen=True):
     submitted_at: datetime
     submitted_by: uuid.UUID | None = None
     """The moderator who submitted for the requester, if one did."""
+    request_digest: str | None = None
+    """HMAC of the submission (see :meth:`app.domain.signing.PayloadSigner.request_digest`)."""
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +150,8 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
     submitted_at: datetime
     erased: list[str] = msgspec.field(default_factory=list)
+    submitted_by: uuid.UUID | None = None
+    request_digest: str | None = None
 
 
 def _question(row: dict[str, Any], owner: uuid.UUID, keyring: Keyring) -> GeneratedQuestion:
@@ -235,6 +275,8 @@ def open_attempt(row: dict[str, Any], keyring: Keyring) -> AttemptRecord:
         started_at=row["started_at"],
         submitted_at=row["submitted_at"],
         erased=erased,
+        submitted_by=row.get("submitted_by"),
+        request_digest=row.get("request_digest"),
     )
 
 
@@ -292,6 +334,26 @@ class KeyStore:
                 for q in quiz.questions
             )
         ).run()
+
+    async def key_row(self, key_id: uuid.UUID) -> KeyRow | None:
+        """The key's row (status, participants, times), or ``None``: one indexed read, no decryption."""
+        t = ConnectionKey
+        row = await (
+            t.select(t.id, t.conversation_id, t.requester_id, t.target_id, t.status, t.issued_at, t.expires_at)
+            .where(t.id == key_id)
+            .first()
+            .run()
+        )
+        if row is None:
+            return None
+        ids = {c: uuid.UUID(str(row[c])) for c in ("id", "conversation_id", "requester_id", "target_id")}
+        return KeyRow(**ids, status=row["status"], issued_at=row["issued_at"], expires_at=row["expires_at"])
+
+    async def attempt_for_key(self, key_id: uuid.UUID) -> AttemptRecord | None:
+        """The attempt recorded for a key (there is at most one), decrypted, or ``None``."""
+        t = ConnectionKeyAttempt
+        row = await t.select(t.id).where(t.connection_key_id == key_id).first().run()
+        return None if row is None else await self.get_attempt(row["id"])
 
     async def get_quiz(self, key_id: uuid.UUID, target_name: str | None = None) -> tuple[IssuedQuiz, str] | None:
         """The quiz (decrypted) and its status, or ``None``. Raises

@@ -117,7 +117,9 @@ class PromptTemplate(Table, tablename="prompt_templates"):
 
 
 class ConnectionKey(Table, tablename="connection_keys"):
-    """One issued quiz: its signed payload, expiry and single-use status."""
+    """One issued quiz: its signed payload, expiry and single-use status. At most one ISSUED key per
+    (requester, conversation): a partial unique index (``connection_keys_one_open_per_pair``, migration
+    2026-12-03T17:00:01) enforces it."""
 
     id = UUID(primary_key=True)
     conversation_id = UUID(index=True)
@@ -176,6 +178,9 @@ class ConnectionKeyAttempt(Table, tablename="connection_key_attempts"):
     submitted_at = Timestamptz(default=TimestamptzNow(), index=True)
     submitted_by = UUID(null=True, default=None)
     """The moderator who submitted for the requester (``POST /connection-keys/{id}/responses``); else null."""
+    request_digest = Varchar(length=64, null=True, default=None)
+    """HMAC-SHA256 (hex, keyed by the payload's signing key) of the submitter, the signed payload and the
+    canonical answers: an identical resubmission gets this attempt back; the answers are never in clear."""
 
 
 class ConnectionKeyEvent(Table, tablename="connection_key_events"):

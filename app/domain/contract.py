@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta, Struct
 
 from app.domain.quiz import QuestionKind, UnlockState
@@ -18,9 +19,11 @@ __all__ = [
     "CreateConnectionKeyInput",
     "PublicQuestion",
     "QuestionScore",
+    "canonical_submission",
 ]
 
 MAX_ANSWERS = 30
+_canonical = msgspec.json.Encoder()
 
 
 class PublicQuestion(Struct, frozen=True, rename="camel"):
@@ -66,13 +69,22 @@ class ConnectionKeyResponseInput(Struct, frozen=True, forbid_unknown_fields=True
 
 
 class QuestionScore(Struct, frozen=True, rename="camel"):
-    """One line of the score breakdown."""
+    """One line of the score breakdown: ``scorer`` decided it; ``fallback_from`` names the routed scorer
+    that failed when a fallback decided instead."""
 
     question_id: uuid.UUID
     kind: QuestionKind
     scorer: str
     score: float
     passed: bool
+    fallback_from: str | None = None
+
+
+def canonical_submission(submitter: uuid.UUID, answers: list[AnswerInput]) -> bytes:
+    """The bytes a submission's digest covers: who submits and the answers, ordered by question, so the
+    same answers in another order are the same submission. Never stored: only its HMAC is."""
+    ordered = sorted(([str(a.question_id), a.value, a.elapsed_ms] for a in answers), key=lambda a: a[0])
+    return _canonical.encode([str(submitter), ordered])
 
 
 class ConnectionKeyResult(Struct, frozen=True, rename="camel"):

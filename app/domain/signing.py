@@ -129,6 +129,19 @@ class PayloadSigner:
         signed_part = f"{_VERSION}.{self.active_key_id}.{body}"
         return f"{signed_part}.{_b64encode(self._mac(self.active_key_id, signed_part))}"
 
+    def request_digest(self, payload: str, request: bytes) -> str:
+        """HMAC-SHA256 (hex) of a submission: ``request`` (the submitter and canonical answers, see
+        :func:`app.domain.contract.canonical_submission`) under ``payload``, keyed by the secret of the key
+        that signed ``payload`` (stable for the payload's whole life, across rotations of the active key).
+        Stored on the attempt so an identical resubmission can be recognised without keeping the answers
+        in clear. ``payload`` must have been verified."""
+        kid = payload.split(".")[1]
+        mac = hmac.new(self._keys[kid], b"ck-submission-v1\x00", hashlib.sha256)
+        mac.update(payload.encode("ascii"))
+        mac.update(b"\x00")
+        mac.update(request)
+        return mac.hexdigest()
+
     def verify(self, payload: str, now: datetime) -> PayloadClaims:
         """Return the claims of an authentic, unexpired payload.
 

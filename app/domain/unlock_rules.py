@@ -14,6 +14,7 @@ __all__ = [
     "RetryPolicy",
     "UnlockDecision",
     "decide_after_attempt",
+    "may_record_attempt",
     "may_start_attempt",
     "next_conversation_state",
 ]
@@ -68,6 +69,23 @@ def may_start_attempt(failures: Sequence[datetime], now: datetime, policy: Retry
         if t is not None and t > now
     ]
     return max(waits) if waits else None
+
+
+def may_record_attempt(
+    failures: Sequence[datetime], issued_at: datetime, now: datetime, policy: RetryPolicy
+) -> datetime | None:
+    """The policy as the attempt writer checks it, in the transaction that records the attempt:
+    ``None`` when the attempt may be recorded, else when the requester may start a new quiz (never
+    before ``now``).
+
+    An attempt starts when its quiz is issued, so the check is made at ``issued_at``, not at ``now``:
+    a quiz issued during a cooldown (its create raced a failure recorded meanwhile) stays refused even
+    when it is answered after the cooldown ended; checking at ``now`` would let anyone who answers
+    slowly enough through. ``failures`` are every failure recorded by now, those after ``issued_at``
+    included (none should exist, since a new key supersedes the open one; if one does, it counts)."""
+    if may_start_attempt(failures, issued_at, policy) is None:
+        return None
+    return max(may_start_attempt(failures, now, policy) or now, now)
 
 
 def next_conversation_state(current: UnlockState, decision: UnlockDecision) -> UnlockState:

@@ -15,12 +15,13 @@ from app.adapters.cache import Cache
 from app.adapters.rate_limit import RateLimiter
 from app.adapters.task_queue import QueueFull, TaskQueue
 from app.db.engine import Database
-from app.db.key_store import KeyStore
+from app.db.errors import DatabaseUnavailable, is_database_outage
+from app.db.key_store import KeyStore, is_open_key_conflict
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.profile_store import ProfileRecord, ProfileStore
 from app.domain.contract import ConnectionKeyPayload, PublicQuestion
-from app.domain.events import EventType, KeyCreated
-from app.domain.field_crypto import FieldRef
+from app.domain.events import EventEnvelope, EventType, KeyCreated
+from app.domain.field_crypto import FieldRef, Keyring
 from app.domain.generation import GenerationError, QuizShape, generate_quiz
 from app.domain.quiz import IssuedQuiz, UnlockState
 from app.domain.signing import PayloadSigner
@@ -141,6 +142,34 @@ class CreateConnectionKey:
             raise ServiceError(ErrorCode.UNAVAILABLE, "Quiz generation took too long; try again.") from None
         return public_payload(quiz)
 
+    async def _issue(self, quiz: IssuedQuiz, keyring: Keyring, envelope: EventEnvelope) -> None:
+        """Supersede the pair's open key and insert this one, in one write transaction that a cancelled
+        request cannot interrupt. The database allows one ISSUED key per (requester, conversation): when a
+        concurrent create for the pair (another instance, on PostgreSQL) inserted its key between our
+        supersede and our insert, the unique index refuses ours; superseding again then finds the
+        winner's committed key, so one retry normally succeeds. A second loss answers CONFLICT."""
+        deps = self._deps
+
+        async def supersede_and_insert() -> None:
+            await deps.keys.supersede_open_keys(quiz.requester_id, quiz.conversation_id)
+            await deps.keys.insert_quiz(quiz, deps.signer.active_key_id, keyring)
+            await deps.outbox.append([envelope])
+
+        for attempt in range(2):
+            try:
+                await deps.db.write(supersede_and_insert)
+                return
+            except ServiceError:
+                raise
+            except Exception as exc:
+                if is_open_key_conflict(exc):
+                    log.info("concurrent create for the pair", key_id=str(quiz.key_id), attempt=attempt + 1)
+                    continue
+                if is_database_outage(exc):
+                    raise DatabaseUnavailable(retry_after=deps.settings.database.busy_retry_after_seconds) from exc
+                raise
+        raise ServiceError(ErrorCode.CONFLICT, "Another quiz for this conversation is being issued; try again.")
+
     async def _generate(self, requester_id: uuid.UUID, target: ProfileRecord, conversation_id: uuid.UUID) -> IssuedQuiz:
         deps = self._deps
         templates = await self._library.for_locale(target.locale)
@@ -177,10 +206,7 @@ class CreateConnectionKey:
         keyring = await deps.encryption.keyring([target.user_id], create=True)
         if keyring.is_destroyed(target.user_id):  # erased between the profile read and now
             raise ServiceError(ErrorCode.NOT_FOUND, "That person has no Connection Key profile.", field="targetUserId")
-        async with deps.db.transaction():
-            await deps.keys.supersede_open_keys(requester_id, conversation_id)
-            await deps.keys.insert_quiz(quiz, deps.signer.active_key_id, keyring)
-            await deps.outbox.append([new_envelope(EventType.KEY_CREATED, conversation_id, event, now)])
+        await self._issue(quiz, keyring, new_envelope(EventType.KEY_CREATED, conversation_id, event, now))
         deps.on_events_written()
         sealed = keyring.seal(target.user_id, quiz_cache_ref(key_id), self._encoder.encode(quiz).decode())
         await deps.cache.set(quiz_cache_key(key_id), sealed.encode(), deps.signer.ttl_seconds)

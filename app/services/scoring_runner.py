@@ -42,6 +42,12 @@ class ScoringReport(Struct, frozen=True):
     shadow: list[QuestionOutcome]
     variants: dict[str, str]
 
+    @property
+    def unscored(self) -> list[QuestionOutcome]:
+        """Live outcomes that neither the scorer nor its fallback produced. Such an attempt must not be
+        recorded: scoring it 0 would make our outage the user's failure."""
+        return [o for o in self.outcomes.values() if o.error is not None]
+
 
 def _request(question: GeneratedQuestion, answer: str, locale: str | None) -> ScoreRequest:
     return ScoreRequest(

@@ -1,16 +1,36 @@
 """Use case: score a submitted quiz, then record the attempt and emit QUIZ_COMPLETED atomically
-(through :class:`app.services.attempt_writer.AttemptWriter`)."""
+(through :class:`app.services.attempt_writer.AttemptWriter`).
+
+Before anything expensive, the key's row is read (one query): a superseded, revoked, unknown or already
+submitted key never reaches a scorer, and the signed claims must equal the row. A submission whose
+answers could not all be scored (scorer and fallback down) records nothing and answers UNAVAILABLE.
+
+Submitting is idempotent for the same caller, payload and answers (a retry after a lost response): it
+gets the recorded result again, recognised by an HMAC of the request stored on the attempt. While the
+first submission is still being scored, the retry answers UNAVAILABLE with a short Retry-After (1 s).
+Anything else sent for a submitted key is PAYLOAD_REPLAYED.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import uuid
 
 import msgspec
 import structlog
 
 from app.adapters.cache import CacheUnavailable
-from app.domain.contract import AnswerInput, ConnectionKeyResponseInput, ConnectionKeyResult, QuestionScore
-from app.domain.quiz import IssuedQuiz
+from app.db.errors import DatabaseUnavailable, is_database_outage
+from app.db.key_store import KeyRow, KeyStatus
+from app.domain.contract import (
+    AnswerInput,
+    ConnectionKeyResponseInput,
+    ConnectionKeyResult,
+    QuestionScore,
+    canonical_submission,
+)
+from app.domain.quiz import IssuedQuiz, QuestionKind, UnlockState
 from app.domain.scoring import ScoringPolicy, summarise
 from app.domain.signing import PayloadClaims, PayloadExpired, PayloadInvalid
 from app.errors import ErrorCode, ServiceError
@@ -24,6 +44,10 @@ __all__ = ["SubmitConnectionKey"]
 
 log = structlog.get_logger(__name__)
 _quiz_decoder = msgspec.json.Decoder(IssuedQuiz)
+
+
+def _digest_key(key_id: uuid.UUID) -> str:
+    return f"submit-digest:{key_id}"
 
 
 class SubmitConnectionKey:
@@ -72,19 +96,105 @@ class SubmitConnectionKey:
             quiz, target_name=target.display_name if target else "them", target_locale=target.locale if target else None
         )
 
-    async def _claim(self, claims: PayloadClaims) -> str:
-        """Spend the payload before the expensive part (scoring runs a model): a replay, on any instance,
-        is refused here instead of being scored and then refused by the database's single-use check,
-        which stays the guarantee."""
+    async def _key_row(self, claims: PayloadClaims) -> KeyRow:
+        """Read the key's row (one query, before any decryption or scoring) and compare the signed claims
+        with it: a payload re-signed with a known key cannot name another requester, target or
+        conversation, nor a later expiry."""
+        try:
+            row = await self._deps.keys.key_row(claims.key_id)
+        except Exception as exc:
+            if is_database_outage(exc):
+                raise DatabaseUnavailable(retry_after=self._deps.settings.database.busy_retry_after_seconds) from exc
+            raise
+        if row is None:
+            raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload names an unknown quiz.")
+        signed = (claims.requester_id, claims.target_id, claims.conversation_id, claims.issued_at, claims.expires_at)
+        stored = (
+            row.requester_id,
+            row.target_id,
+            row.conversation_id,
+            int(row.issued_at.timestamp()),
+            int(row.expires_at.timestamp()),
+        )
+        if signed != stored:
+            log.warning("signed claims differ from the key row", key_id=str(claims.key_id))
+            raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload does not match its quiz.")
+        return row
+
+    @staticmethod
+    def _refuse_closed(status: str) -> None:
+        if status == KeyStatus.SUPERSEDED:
+            raise ServiceError(ErrorCode.CONFLICT, "A newer quiz was issued; answer that one instead.")
+        if status == KeyStatus.REVOKED:
+            raise ServiceError(ErrorCode.NOT_FOUND, "A participant of this quiz has left Connection Key.")
+        if status != KeyStatus.ISSUED:
+            raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
+
+    async def _recorded(self, key_id: uuid.UUID, digest: str) -> ConnectionKeyResult:
+        """The recorded result, for the same caller sending the same payload and answers again (a retry
+        after a lost response); anything else is PAYLOAD_REPLAYED."""
+        attempt = await self._deps.keys.attempt_for_key(key_id)
+        if attempt is None or attempt.request_digest is None or not hmac.compare_digest(attempt.request_digest, digest):
+            raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
+        log.info("submission repeated; recorded result returned", key_id=str(key_id))
+        return ConnectionKeyResult(
+            attempt_id=attempt.id,
+            score=attempt.score,
+            passed=attempt.passed,
+            unlock_state=UnlockState(attempt.unlock_state),
+            breakdown=[
+                QuestionScore(
+                    uuid.UUID(str(line["question_id"])),
+                    QuestionKind(line["kind"]),
+                    line["scorer"],
+                    line["score"],
+                    line["passed"],
+                    line.get("fallback_from"),
+                )
+                for line in attempt.breakdown
+            ],
+            feedback=attempt.feedback or [],
+            retry_available_at=attempt.retry_available_at,
+        )
+
+    async def _claim(self, claims: PayloadClaims, digest: str) -> str | None:
+        """Spend the payload before the expensive part (scoring runs a model): a second submission, on
+        any instance, stops here instead of being scored and then refused by the database's single-use
+        check, which stays the guarantee. Returns the claim, or ``None`` when another submission holds
+        it; the digest is kept beside the claim so that one can be told apart from a retry."""
         key = f"submit:{claims.key_id}"
         ttl = max(1.0, claims.expires_at - self._deps.clock().timestamp() + 60.0)
         try:
-            claimed = await self._deps.cache.add_if_absent(key, ttl)
+            if not await self._deps.cache.add_if_absent(key, ttl):
+                return None
+            await self._deps.cache.set(_digest_key(claims.key_id), digest.encode(), ttl)
         except CacheUnavailable:
             raise ServiceError(ErrorCode.UNAVAILABLE, "Submissions are paused for a moment; try again.") from None
-        if not claimed:
-            raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
         return key
+
+    async def _release(self, claims: PayloadClaims, claim: str) -> None:
+        """Nothing was recorded: the same payload may be sent again."""
+        await self._deps.cache.release(claim)
+        with contextlib.suppress(CacheUnavailable):
+            await self._deps.cache.delete(_digest_key(claims.key_id))
+
+    async def _claimed_elsewhere(self, claims: PayloadClaims, digest: str) -> ConnectionKeyResult:
+        """Another submission of this payload holds the claim: recorded by now (then the same request gets
+        its result), still being scored (the same request: UNAVAILABLE, ask again in a moment), or a
+        different request (PAYLOAD_REPLAYED)."""
+        row = await self._key_row(claims)
+        if row.status == KeyStatus.SUBMITTED:
+            return await self._recorded(row.id, digest)
+        self._refuse_closed(row.status)
+        try:
+            theirs = await self._deps.cache.get(_digest_key(claims.key_id))
+        except CacheUnavailable:
+            theirs = None
+        if theirs is not None and not hmac.compare_digest(theirs, digest.encode()):
+            raise ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
+        raise ServiceError(
+            ErrorCode.UNAVAILABLE, "This submission is still being scored; ask again in a moment.", retryAfter=1
+        )
 
     @staticmethod
     def _answers(quiz: IssuedQuiz, claims: PayloadClaims, answers: list[AnswerInput]) -> dict[str, AnswerInput]:
@@ -141,11 +251,29 @@ class SubmitConnectionKey:
             await enforce_limit(
                 deps.limiter, f"submit:user:{claims.requester_id}", deps.settings.rate_limit.submit_per_user_per_minute
             )
+        row = await self._key_row(claims)
+        digest = deps.signer.request_digest(data.signed_payload, canonical_submission(caller_id, data.answers))
+        if row.status == KeyStatus.SUBMITTED:
+            return await self._recorded(row.id, digest)
+        self._refuse_closed(row.status)  # superseded, revoked: refused before any scorer runs
         quiz = await self._load(claims)
         answers = self._answers(quiz, claims, data.answers)
-        claim = await self._claim(claims)
+        claim = await self._claim(claims, digest)
+        if claim is None:
+            return await self._claimed_elsewhere(claims, digest)
         try:
             report = await self._runner.score(quiz, answers, quiz.target_locale)
+            if report.unscored:
+                log.warning(
+                    "answers could not be scored; nothing recorded",
+                    key_id=str(quiz.key_id),
+                    scorers=sorted({o.scorer for o in report.unscored}),
+                )
+                raise ServiceError(
+                    ErrorCode.UNAVAILABLE,
+                    "Your answers could not be checked right now; nothing was recorded, send them again shortly.",
+                    retryAfter=deps.settings.scoring.outage_retry_after_seconds,
+                )
             verdict = summarise(quiz.questions, report.outcomes, self._policy, quiz.target_name)
             attempt_id = uuid.uuid4()
             decision = await self._writer.write(
@@ -157,14 +285,18 @@ class SubmitConnectionKey:
                     report.shadow,
                     report.variants,
                     submitted_by=caller_id if moderator and claims.requester_id != caller_id else None,
+                    request_digest=digest,
                 )
             )
         except ServiceError as exc:
-            if exc.code not in (ErrorCode.PAYLOAD_REPLAYED, ErrorCode.CONFLICT):
-                await deps.cache.release(claim)  # nothing was recorded: the same payload may be sent again
+            if exc.code is ErrorCode.PAYLOAD_REPLAYED:
+                # Recorded by another instance meanwhile (its claim failed open): the same request's result.
+                return await self._recorded(claims.key_id, digest)
+            if exc.code is not ErrorCode.CONFLICT:
+                await self._release(claims, claim)
             raise
         except BaseException:
-            await deps.cache.release(claim)
+            await self._release(claims, claim)
             raise
         await deps.cache.delete(quiz_cache_key(quiz.key_id))
         log.info("quiz submitted", key_id=str(quiz.key_id), passed=verdict.passed, unlock_state=decision.state.value)
@@ -174,7 +306,8 @@ class SubmitConnectionKey:
             passed=verdict.passed,
             unlock_state=decision.state,
             breakdown=[
-                QuestionScore(uuid.UUID(o.question_id), o.kind, o.scorer, o.score, o.passed) for o in verdict.breakdown
+                QuestionScore(uuid.UUID(o.question_id), o.kind, o.scorer, o.score, o.passed, o.fallback_from)
+                for o in verdict.breakdown
             ],
             feedback=verdict.feedback,
             retry_available_at=decision.retry_available_at,

@@ -177,7 +177,8 @@ async def _envelopes() -> list[EventEnvelope]:
 
 @pytest.mark.asyncio
 async def test_concurrent_submissions_commit_together_and_each_counts_once(api: Api) -> None:
-    """Submissions arriving together share a commit (group commit); each is still claimed exactly once."""
+    """Submissions arriving together share a commit (group commit); each is still claimed exactly once. The
+    duplicate differs from the original (one timing), so it is not a retry of it: PAYLOAD_REPLAYED."""
     pairs = [(uuid.uuid4(), uuid.uuid4()) for _ in range(12)]
     for _, target in pairs:
         await api.upsert_profile(target, "Target")
@@ -186,7 +187,8 @@ async def test_concurrent_submissions_commit_together_and_each_counts_once(api: 
     for index, ((requester, _), payload) in enumerate(zip(pairs, payloads, strict=True)):
         answers = await api.answers(payload, correct=index % 2 == 0)
         jobs.append(api.submit(requester, payload["signedPayload"], answers))
-        jobs.append(api.submit(requester, payload["signedPayload"], answers))  # a duplicate in the same burst
+        other = [{**answer, "elapsedMs": 1501} for answer in answers]
+        jobs.append(api.submit(requester, payload["signedPayload"], other))  # another submission in the same burst
     results = await asyncio.gather(*jobs)
     accepted = [r["data"]["submitConnectionKey"] for r in results if "errors" not in r]
     replayed = [r["errors"][0]["extensions"]["code"] for r in results if "errors" in r]

@@ -218,3 +218,31 @@ def test_authentic_but_malformed_claims_are_invalid(signer: PayloadSigner) -> No
         payload = f"{signed_part}.{b64(signer._mac('k1', signed_part))}"
         with pytest.raises(PayloadInvalid, match="malformed"):
             signer.verify(payload, NOW)
+
+
+# ------------------------------------------------------------------ submission digests
+
+
+def test_request_digest_is_keyed_by_the_payloads_signing_key_and_covers_the_request() -> None:
+    from app.domain.contract import AnswerInput, canonical_submission
+
+    first = PayloadSigner({"k1": K1, "k2": K2}, "k1", TTL)
+    payload = first.sign(claims(first))
+    submitter = uuid.UUID(int=3)
+    answers = [AnswerInput(uuid.UUID(int=10), "tea"), AnswerInput(uuid.UUID(int=11), "hills", elapsed_ms=5)]
+    digest = first.request_digest(payload, canonical_submission(submitter, answers))
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert "tea" not in digest
+    # The same request gives the same digest, whatever the answers' order, after the active key rotated.
+    rotated = PayloadSigner({"k1": K1, "k2": K2}, "k2", TTL)
+    assert rotated.request_digest(payload, canonical_submission(submitter, answers[::-1])) == digest
+    # Anything else changes it: an answer, a timing, the submitter, the payload, the key's secret.
+    changed = [AnswerInput(uuid.UUID(int=10), "tea!"), answers[1]]
+    assert first.request_digest(payload, canonical_submission(submitter, changed)) != digest
+    timed = [answers[0], AnswerInput(uuid.UUID(int=11), "hills", elapsed_ms=6)]
+    assert first.request_digest(payload, canonical_submission(submitter, timed)) != digest
+    assert first.request_digest(payload, canonical_submission(uuid.UUID(int=99), answers)) != digest
+    other_payload = first.sign(claims(first, NOW + timedelta(seconds=1)))
+    assert first.request_digest(other_payload, canonical_submission(submitter, answers)) != digest
+    other_secret = PayloadSigner({"k1": K2 + "x"}, "k1", TTL)
+    assert other_secret.request_digest(payload, canonical_submission(submitter, answers)) != digest

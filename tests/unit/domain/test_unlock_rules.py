@@ -13,6 +13,7 @@ from app.domain.unlock_rules import (
     RetryPolicy,
     UnlockDecision,
     decide_after_attempt,
+    may_record_attempt,
     may_start_attempt,
     next_conversation_state,
 )
@@ -151,3 +152,34 @@ def test_a_replayed_failure_after_an_unlock_keeps_it_unlocked() -> None:
     failures = [NOW - 2 * H, NOW - H, NOW]
     state = next_conversation_state(state, decide_after_attempt(False, failures, NOW, POLICY))
     assert state is UnlockState.UNLOCKED
+
+
+# ------------------------------------------------------------------ the check where attempts are recorded
+
+
+def test_may_record_attempt_checks_at_the_quizs_issue_time_not_at_submission() -> None:
+    policy = RetryPolicy(cooldown_seconds=600, max_attempts_per_day=3)
+    failed_at = NOW
+    issued_during_cooldown = NOW + timedelta(seconds=60)
+    answered_after_cooldown = NOW + timedelta(seconds=900)
+    # Checked at submission time it would pass; the quiz was issued during the cooldown, so it does not.
+    assert may_start_attempt([failed_at], answered_after_cooldown, policy) is None
+    assert may_record_attempt([failed_at], issued_during_cooldown, answered_after_cooldown, policy) == (
+        answered_after_cooldown  # a new quiz may start now
+    )
+    # Answered during the cooldown: the wait ends with the cooldown.
+    answered_soon = NOW + timedelta(seconds=120)
+    assert may_record_attempt([failed_at], issued_during_cooldown, answered_soon, policy) == NOW + timedelta(
+        seconds=600
+    )
+    # Issued after the cooldown: recorded.
+    assert may_record_attempt([failed_at], NOW + timedelta(seconds=601), answered_after_cooldown, policy) is None
+
+
+def test_may_record_attempt_counts_the_daily_limit_and_later_failures() -> None:
+    policy = RetryPolicy(cooldown_seconds=0, max_attempts_per_day=2)
+    assert may_record_attempt([NOW - H], NOW, NOW, policy) is None
+    assert may_record_attempt([NOW - 2 * H, NOW - H], NOW, NOW, policy) == NOW - 2 * H + WINDOW
+    # A failure recorded after the quiz was issued (it raced the create) counts too.
+    assert may_record_attempt([NOW - H, NOW + H], NOW, NOW + 2 * H, policy) == NOW - H + WINDOW
+    assert may_record_attempt([], NOW, NOW, policy) is None

@@ -13,3 +13,8 @@ class TestRuleChoice(ScorerConformance):
 class TestRuleFreeResponse(ScorerConformance):
     plugin_name = "rule"
     scorer_name = "rule.free_response"
+
+
+class TestRuleOverlap(ScorerConformance):
+    plugin_name = "rule"
+    scorer_name = "rule.overlap"

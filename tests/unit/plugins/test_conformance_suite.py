@@ -426,6 +426,8 @@ async def test_registration_faults_fail() -> None:
         await run_check("test_registered_by_its_plugin", ChoiceScorer())
     with pytest.raises(FAILED, match="plugins not installed: not-installed"):
         await run_check("test_registered_by_its_plugin", ChoiceScorer(), NoPlugin)
-    with pytest.raises(FAILED, match=r"registers \['rule.choice', 'rule.free_response'\], not 'meta.fixed'"):
+    with pytest.raises(
+        FAILED, match=r"registers \['rule.choice', 'rule.free_response', 'rule.overlap'\], not 'meta.fixed'"
+    ):
         await run_check("test_registered_by_its_plugin", Fixed(each(by_choice)), RuleSuite)
     await run_check("test_registered_by_its_plugin", ChoiceScorer, RuleSuite)  # a class is a factory

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plugins.scorer import Scorer, ScoreRequest
-from scorers.rule import ChoiceScorer, FreeResponseRuleScorer
+from scorers.rule import ChoiceScorer, FreeResponseRuleScorer, LexicalOverlapScorer
+from scorers.rule.overlap import content_words
 
 QUESTION = "In your own words, what would you like to ask Ada about “My ideal Sunday”?"
 
@@ -25,7 +26,9 @@ def free(response: str, prompt: str = QUESTION, qid: str = "f1") -> ScoreRequest
     return ScoreRequest(question_id=qid, kind="FREE_RESPONSE", prompt=prompt, response=response)
 
 
-async def score_one(scorer: ChoiceScorer | FreeResponseRuleScorer, request: ScoreRequest) -> tuple[float, str | None]:
+async def score_one(
+    scorer: ChoiceScorer | FreeResponseRuleScorer | LexicalOverlapScorer, request: ScoreRequest
+) -> tuple[float, str | None]:
     [result] = await scorer.score([request])
     assert result.question_id == request.question_id
     return result.score, result.feedback
@@ -128,3 +131,51 @@ async def test_length_is_counted_in_characters_not_bytes() -> None:
     scorer = FreeResponseRuleScorer()
     assert (await score_one(scorer, free("é" * 20)))[0] == 1.0  # 40 bytes in UTF-8, 20 characters
     assert (await score_one(scorer, free("🙂" * 19)))[0] == 0.0  # 76 bytes, 19 characters
+
+
+# ------------------------------------------------------------------ lexical overlap (comprehension fallback)
+
+KEY = "A long hike in the hills followed by a pub lunch with friends"
+
+
+def comprehension(response: str, answer_key: str | None = KEY) -> ScoreRequest:
+    return ScoreRequest(
+        question_id="c1",
+        kind="COMPREHENSION",
+        prompt="What is Ada's ideal Sunday?",
+        response=response,
+        answer_key=answer_key,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("response", "low", "high"),
+    [
+        (KEY, 1.0, 1.0),
+        ("walking in the hills for hours and then lunch at a pub with mates", 0.8, 1.0),  # a paraphrase
+        ("Hills, then a pub.", 0.5, 0.6),  # two of seven content words: recall 2/7 / 0.5
+        ("I honestly cannot remember, sorry.", 0.0, 0.0),
+        ("", 0.0, 0.0),
+        ("the a of and", 0.0, 0.0),  # stop words only
+    ],
+)
+async def test_overlap_scores_shared_content_words(response: str, low: float, high: float) -> None:
+    score, feedback = await score_one(LexicalOverlapScorer(), comprehension(response))
+    assert low <= score <= high and feedback is None
+
+
+@pytest.mark.asyncio
+async def test_overlap_scales_down_a_response_that_sprays_words() -> None:
+    spray = KEY + " " + " ".join(f"word{n}" for n in range(60))
+    score, _ = await score_one(LexicalOverlapScorer(), comprehension(spray))
+    assert score < 0.5
+
+
+@pytest.mark.asyncio
+async def test_overlap_without_an_answer_key_scores_zero() -> None:
+    assert (await score_one(LexicalOverlapScorer(), comprehension(KEY, answer_key=None)))[0] == 0.0
+
+
+def test_content_words_ignore_case_punctuation_stop_words_and_plurals() -> None:
+    assert content_words("The HILLS, and a Hike!") == content_words("hill hikes")

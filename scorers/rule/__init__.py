@@ -1,4 +1,5 @@
-"""Rule-based scorers: exact choice matching, and a length/copy rule for free responses.
+"""Rule-based scorers: exact choice matching, a length/copy rule for free responses, and lexical overlap
+for free-text comprehension (the cheap fallback when the model scorer is down, :mod:`scorers.rule.overlap`).
 
 Registered through the ``connection_key.scorers`` entry point exactly like a third-party plugin.
 """
@@ -10,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 from plugins.hookspecs import hookimpl
 from plugins.scorer import Scorer, ScoreRequest, ScoreResult
+from scorers.rule.overlap import LexicalOverlapScorer
 
-__all__ = ["ChoiceScorer", "FreeResponseRuleScorer", "register_scorers"]
+__all__ = ["ChoiceScorer", "FreeResponseRuleScorer", "LexicalOverlapScorer", "register_scorers"]
 
 MIN_FREE_RESPONSE = 20
 MAX_FREE_RESPONSE = 1000
@@ -68,3 +70,4 @@ def register_scorers(register: Callable[[Scorer], None]) -> None:
     """Register the rule scorers (they take no settings)."""
     register(ChoiceScorer())
     register(FreeResponseRuleScorer())
+    register(LexicalOverlapScorer())
