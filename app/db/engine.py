@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import structlog
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
-from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+from piccolo.engine.sqlite import SQLiteEngine
 
 from app.db.errors import DATABASE_OUTAGE_ERRORS
+from app.db.postgres_engine import OwnedPostgresEngine
 from app.db.sqlite_pool import PooledSQLiteEngine
 from app.db.tables import ALL_TABLES
 from app.settings import DatabaseSettings
@@ -36,28 +36,53 @@ def sqlite_path(url: str) -> Path:
 
 
 def engine_from_url(settings: DatabaseSettings) -> Engine:
-    """Build (but do not connect) the engine the URL names."""
+    """Build (but do not connect) the engine the URL names; both own their transactions' connections."""
     if settings.url.startswith("sqlite://"):
         return PooledSQLiteEngine(
             path=str(sqlite_path(settings.url)),
             pool_size=settings.sqlite_pool_size,
             timeout=settings.sqlite_busy_timeout_seconds,
             synchronous=settings.sqlite_synchronous,
+            acquire_timeout=settings.acquire_timeout_seconds,
+            begin_timeout=settings.begin_timeout_seconds,
+            max_pending_writes=settings.max_pending_writes,
+            retry_after=settings.busy_retry_after_seconds,
+            readers_query_only=True,
         )
-    return PostgresEngine(config={"dsn": settings.url}, log_queries=False)
+    return OwnedPostgresEngine(
+        config={"dsn": settings.url},
+        acquire_timeout=settings.acquire_timeout_seconds,
+        begin_timeout=settings.begin_timeout_seconds,
+        retry_after=settings.busy_retry_after_seconds,
+    )
 
 
 class Database:
-    """The process's database: binds tables to the engine, owns the pool, runs migrations."""
+    """The process's database: binds tables to the engine, owns the pool and the writer, runs migrations.
+
+    Every write transaction owns its connection (:class:`~app.db.transaction.OwnedTransaction`); on
+    SQLite they all queue for the one writer (:class:`~app.db.sqlite_writer.SQLiteWriter`). Waiting too
+    long, a full line, a lock held elsewhere or a lost database answer ``DatabaseUnavailable``.
+    """
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
         self.engine = engine_from_url(settings)
         self.is_sqlite = isinstance(self.engine, SQLiteEngine)
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._probe: asyncio.Task[None] | None = None
 
     @property
     def auto_migrate(self) -> bool:
         return self.is_sqlite if self.settings.auto_migrate is None else self.settings.auto_migrate
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes in line or running: on SQLite those waiting for (or holding) the writer, on PostgreSQL
+        the :meth:`write` calls in flight."""
+        if isinstance(self.engine, PooledSQLiteEngine):
+            return self.engine.writer.pending
+        return len(self._writes)
 
     def bind(self) -> None:
         """Point every table, Piccolo's migration table and ``app.db.piccolo_conf.DB`` at this engine."""
@@ -80,18 +105,48 @@ class Database:
             )
 
     async def stop(self) -> None:
+        """Let :meth:`write` calls in flight finish (their callers may be gone), then close everything."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=self.settings.acquire_timeout_seconds)
         if isinstance(self.engine, PooledSQLiteEngine):
             await self.engine.close_pool()
         else:
             await self.engine.close_connection_pool()
 
-    async def ping(self) -> bool:
-        """``True`` when the database answers a trivial query."""
+    async def ping(self, timeout: float | None = None) -> bool:
+        """``True`` when a trivial read and the write path (:meth:`write_path_ready`) both answer within
+        ``timeout`` (default ``[database] ready_timeout_seconds``)."""
+        limit = self.settings.ready_timeout_seconds if timeout is None else timeout
+
+        async def read() -> bool:
+            try:
+                async with asyncio.timeout(limit):
+                    await self.engine.run_ddl("SELECT 1")
+            except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
+                return False
+            return True
+
+        readable, writable = await asyncio.gather(read(), self.write_path_ready(limit))
+        return readable and writable
+
+    async def write_path_ready(self, timeout: float) -> bool:
+        """Whether an empty write transaction gets through (on SQLite: in line for the writer, then
+        ``BEGIN IMMEDIATE``) within ``timeout``. A stuck write path answers ``False`` in time, so a
+        supervisor can restart the instance. One probe at a time: callers meanwhile wait for the same one."""
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.create_task(self._probe_write(), name="db-write-probe")
+            probe.add_done_callback(_retrieve)
         try:
-            await self.engine.run_ddl("SELECT 1")
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(probe)
         except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
             return False
         return True
+
+    async def _probe_write(self) -> None:
+        async with self.transaction():
+            pass
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations from ``piccolo_migrations/``; returns Piccolo's progress lines."""
@@ -109,30 +164,40 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
-        """A write transaction. On SQLite it takes the write lock at BEGIN (``IMMEDIATE``), so two
-        writers queue on the busy timeout instead of failing on lock upgrade."""
-        if self.is_sqlite:
-            transaction = self.engine.transaction(transaction_type=TransactionType.immediate)
-        else:
-            transaction = self.engine.transaction()
+        """A write transaction that owns its connection: acquire (at most ``acquire_timeout_seconds``),
+        BEGIN (at most ``begin_timeout_seconds``; ``IMMEDIATE`` on SQLite's one writer), commit or roll
+        back, release, even when the caller is cancelled at any ``await``. Inside another transaction it
+        joins that one. Timeouts, a full writer line and a lost database raise ``DatabaseUnavailable``."""
         outer = self.engine.current_transaction.get()
         try:
-            async with transaction as entered:
+            async with self.engine.transaction() as entered:
                 yield entered
         finally:
-            # Piccolo forgets its current transaction only when the commit or rollback succeeds. After a
-            # lost connection (the rollback raises too) it would keep the dead one, and every later
-            # transaction in this task (a consumer's, for its whole life) would nest into it and fail.
+            # Whatever happened, the task must not keep a dead transaction as its current one: every
+            # later transaction in it (a consumer's, for its whole life) would join it and fail.
             if self.engine.current_transaction.get() is not outer:
                 self.engine.current_transaction.set(outer)
 
     async def write(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction on a task of its own, so that cancelling the caller (a
         client gone, a request timed out) cannot interrupt the transaction half-way: it commits or rolls
-        back and releases its connection whatever happens to the caller."""
+        back and releases its connection whatever happens to the caller. This is the write path of
+        request handlers; on SQLite it waits in line for the one writer. Called inside a transaction,
+        ``work`` joins that one (whose owner commits it)."""
+        if self.engine.current_transaction.get() is not None:
+            return await work()
 
         async def run() -> T:
             async with self.transaction():
                 return await work()
 
-        return await asyncio.shield(asyncio.create_task(run(), name="db-write"))
+        task = asyncio.create_task(run(), name="db-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(_retrieve)  # a caller that left does not read the outcome
+        return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

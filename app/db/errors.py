@@ -9,11 +9,21 @@ import asyncpg.exceptions
 
 from app.errors import ErrorCode, ServiceError
 
-__all__ = ["DATABASE_OUTAGE_ERRORS", "DatabaseUnavailable", "is_database_outage"]
+__all__ = ["DATABASE_OUTAGE_ERRORS", "DatabaseUnavailable", "is_database_outage", "unavailable_from"]
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database is busy, locked or away: the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str = "The service is busy; try again shortly.", retry_after: int = 1) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message, retryAfter=retry_after)
+
 
 # Errors that mean "the database is unreachable or busy right now", not "this request or event is bad":
-# edges answer UNAVAILABLE and consumers retry instead of dead-lettering.
+# edges answer UNAVAILABLE and consumers retry instead of dead-lettering. ``DatabaseUnavailable`` is among
+# them, so code catching this tuple keeps retrying what the engine has already translated.
 DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
     OSError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
@@ -27,25 +37,26 @@ DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class DatabaseUnavailable(ServiceError):
-    """The database is busy, locked or away: the caller should retry after ``retry_after`` seconds."""
-
-    def __init__(self, message: str = "The service is busy; try again shortly.", retry_after: int = 1) -> None:
-        super().__init__(ErrorCode.UNAVAILABLE, message, retryAfter=retry_after)
-
-
 def is_database_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is the database being busy or away."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DatabaseUnavailable | DATABASE_OUTAGE_ERRORS):
+        if isinstance(current, DATABASE_OUTAGE_ERRORS):
             return True
         if isinstance(current, sqlite3.OperationalError) and _sqlite_busy(current):
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def unavailable_from(exc: BaseException, retry_after: int, what: str = "The database is busy") -> DatabaseUnavailable:
+    """The typed refusal for ``exc`` (a timeout, a lock, a lost connection); raise it ``from exc``. The
+    message names the kind of failure only: driver messages may quote SQL or values."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc
+    return DatabaseUnavailable(f"{what}; try again shortly.", retry_after=retry_after)
 
 
 def _sqlite_busy(exc: sqlite3.OperationalError) -> bool:

@@ -1,9 +1,15 @@
-"""Piccolo's SQLite engine with a small pool of open connections.
+"""Piccolo's SQLite engine with a small pool of open reader connections and one writer.
 
 Stock Piccolo opens a new aiosqlite connection (a new thread plus a ``PRAGMA`` round trip) for every
 query outside a transaction; under load that costs more than the queries. This engine keeps up to
-``pool_size`` connections open, sets the pragmas once per connection, and hands transactions a lease
-whose ``close()`` returns the connection to the pool.
+``pool_size`` connections open for reads (WAL mode, so they run beside the writer) and sets the pragmas
+once per connection.
+
+Every write goes through the :class:`~app.db.sqlite_writer.SQLiteWriter`: transactions
+(:meth:`PooledSQLiteEngine.transaction`, which Piccolo's ``atomic`` and migrations use too) and single
+statements outside a transaction (any statement that is not a ``SELECT``). With ``readers_query_only``
+the pool's connections refuse writes outright (``PRAGMA query_only``), so nothing can take the write lock
+behind the writer's back.
 """
 
 from __future__ import annotations
@@ -13,13 +19,26 @@ import contextlib
 from typing import Any
 
 import aiosqlite
-from piccolo.engine.sqlite import SQLiteEngine, dict_factory
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType, dict_factory
 
-__all__ = ["PooledSQLiteEngine"]
+from app.db.errors import DatabaseUnavailable, is_database_outage, unavailable_from
+from app.db.sqlite_writer import SQLiteWriter
+from app.db.transaction import OwnedTransaction
+
+__all__ = ["PooledSQLiteEngine", "is_read_statement"]
+
+_READ_STATEMENTS = frozenset({"SELECT", "VALUES", "EXPLAIN"})
+
+
+def is_read_statement(query: str) -> bool:
+    """Whether ``query`` only reads (so a pooled reader may run it); anything else goes to the writer.
+    ``WITH`` counts as a write: a common table expression may front an ``INSERT``."""
+    head = query.lstrip(" \t\r\n(").split(None, 1)
+    return bool(head) and head[0].upper() in _READ_STATEMENTS
 
 
 class _Lease:
-    """A pooled connection as Piccolo's transaction sees it: everything delegates, ``close`` releases."""
+    """A pooled connection as Piccolo sees it (``batch``): everything delegates, ``close`` releases."""
 
     __slots__ = ("_connection", "_engine")
 
@@ -38,36 +57,86 @@ class _Lease:
 
 
 class PooledSQLiteEngine(SQLiteEngine):
-    """SQLite engine reusing up to ``pool_size`` connections (WAL mode, so readers run beside the writer)."""
+    """SQLite engine reusing up to ``pool_size`` reader connections, writing through one writer."""
 
-    def __init__(self, path: str, pool_size: int, timeout: float, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str,
+        pool_size: int,
+        timeout: float,
+        synchronous: str = "FULL",
+        *,
+        acquire_timeout: float = 30.0,
+        begin_timeout: float | None = None,
+        max_pending_writes: int = 1024,
+        retry_after: int = 1,
+        readers_query_only: bool = False,
+    ) -> None:
+        """``timeout``: the readers' busy timeout; the writer's is ``begin_timeout`` (default: the same),
+        so a write lock held by another process answers ``DatabaseUnavailable`` after that long."""
         super().__init__(path=path, timeout=timeout, log_queries=False)
         self._pool_size = pool_size
         self._synchronous = synchronous
+        self._acquire_timeout = acquire_timeout
+        self._retry_after = retry_after
+        self._readers_query_only = readers_query_only
         self._idle: list[aiosqlite.Connection] = []
-        self._connections: set[aiosqlite.Connection] = set()  # every open one, idle or leased
+        self._connections: set[aiosqlite.Connection] = set()  # every open reader, idle or leased
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
+        self.writer = SQLiteWriter(
+            self._connect_writer,
+            acquire_timeout=acquire_timeout,
+            begin_timeout=timeout if begin_timeout is None else begin_timeout,
+            max_pending=max_pending_writes,
+            retry_after=retry_after,
+        )
 
-    async def _open(self) -> aiosqlite.Connection:
-        connection = await aiosqlite.connect(**self.connection_kwargs)
-        self._connections.add(connection)
-        connection.row_factory = dict_factory  # type: ignore[assignment]
-        await connection.execute("PRAGMA foreign_keys = 1")
-        await connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+    # -- connections --------------------------------------------------------------------------------------
+
+    async def _connect(self, *, query_only: bool = False, **overrides: Any) -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(**{**self.connection_kwargs, **overrides})
+        try:
+            connection.row_factory = dict_factory  # type: ignore[assignment]
+            await connection.execute("PRAGMA foreign_keys = 1")
+            await connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if query_only:
+                await connection.execute("PRAGMA query_only = 1")
+        except BaseException:
+            await connection.close()
+            raise
         return connection
 
+    async def _connect_writer(self) -> aiosqlite.Connection:
+        return await self._connect(timeout=self.writer.begin_timeout)
+
+    async def _open(self) -> aiosqlite.Connection:
+        connection = await self._connect(query_only=self._readers_query_only)
+        self._connections.add(connection)
+        return connection
+
+    @property
+    def free_reader_slots(self) -> int:
+        """Reader leases that could be taken now without waiting (diagnostics and tests)."""
+        return self._pool_size if self._slots is None else self._slots._value
+
     async def acquire(self) -> aiosqlite.Connection:
-        """An open connection, waiting while all ``pool_size`` are in use."""
+        """An open reader connection, waiting (at most the acquire timeout) while all ``pool_size`` are in use."""
         if self._closed:
             raise RuntimeError("the SQLite pool is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._pool_size)
-        await self._slots.acquire()
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise unavailable_from(exc, self._retry_after) from exc
         try:
             return self._idle.pop() if self._idle else await self._open()
-        except BaseException:
+        except BaseException as exc:
             self._slots.release()
+            if isinstance(exc, Exception) and is_database_outage(exc):
+                raise unavailable_from(exc, self._retry_after, "The database is unavailable") from exc
             raise
 
     async def release(self, connection: aiosqlite.Connection) -> None:
@@ -92,9 +161,8 @@ class PooledSQLiteEngine(SQLiteEngine):
         await connection.close()
 
     async def close_pool(self, grace_seconds: float = 5.0) -> None:
-        """Refuse new leases, give leased connections ``grace_seconds`` to come back (a query finishing,
-        a cancelled transaction rolling back), then close every connection, leased or not. A lease
-        returned after that is closed, not pooled."""
+        """Refuse new leases, give leased connections (and the writer's holder) ``grace_seconds`` to come
+        back, then close every connection, leased or not. A lease returned after that is closed, not pooled."""
         self._closed = True
         if self._slots is not None:
             with contextlib.suppress(TimeoutError):
@@ -104,19 +172,35 @@ class PooledSQLiteEngine(SQLiteEngine):
         self._idle = []
         for connection in list(self._connections):
             await self._close(connection)
+        await self.writer.close(grace_seconds)
         # Closed and empty: a later query opens the pool afresh (e.g. after the database comes back).
         self._slots, self._closed = None, False
 
     async def get_connection(self) -> Any:
         return _Lease(await self.acquire(), self)
 
+    # -- Piccolo's entry points ------------------------------------------------------------------------------
+
+    def transaction(  # type: ignore[override]
+        self, transaction_type: TransactionType = TransactionType.immediate, allow_nested: bool = True
+    ) -> OwnedTransaction:
+        """A write transaction on the writer (``BEGIN IMMEDIATE``, whatever ``transaction_type`` says:
+        the writer is the only connection that writes)."""
+        return OwnedTransaction(self, self.writer)
+
     async def _run_in_new_connection(
         self, query: str, args: list[Any] | None = None, query_type: str = "generic", table: Any = None
     ) -> Any:
+        if not is_read_statement(query):
+            return await self.writer.execute(query, args or [])
         connection = await self.acquire()
         try:
             async with connection.execute(query, args or []) as cursor:
                 return await cursor.fetchall()
+        except Exception as exc:
+            if is_database_outage(exc) and not isinstance(exc, DatabaseUnavailable):
+                raise unavailable_from(exc, self._retry_after, "The database is unavailable") from exc
+            raise
         finally:
             await self.release(connection)
 

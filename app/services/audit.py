@@ -62,11 +62,9 @@ class AuditLog:
             raise ValueError(f"audit subject_type must be a lower-case identifier, got {subject_type!r}")
         digest = change_digest(self._digest_key, change)  # before any I/O: a bad change writes nothing
         context = structlog.contextvars.get_contextvars()
-        if self._db.engine.current_transaction.get() is None:
-            async with self._db.transaction():
-                entry = await self._append(actor, action, subject_type, subject_id, digest, context)
-        else:
-            entry = await self._append(actor, action, subject_type, subject_id, digest, context)
+        # In the caller's transaction when there is one (the entry commits with the change it records);
+        # otherwise a write of its own. ``write`` joins a current transaction, so both cases are this call.
+        entry = await self._db.write(lambda: self._append(actor, action, subject_type, subject_id, digest, context))
         log.info("audit recorded", action=action, subject_type=subject_type, sequence=entry.sequence)
         return entry
 

@@ -97,14 +97,19 @@ class AuditExporter:
                     return done
                 segment = seal_segment(entries, previous_hash, after + 1, self._settings.s3_prefix)
                 record = await self._upload(segment)
-            async with self._db.transaction():
+
+            async def write(record: SegmentRecord = record, after: int = after) -> bool:
                 # Inside the write transaction (exclusive on SQLite): an exporter the export lock does
                 # not reach may have recorded this range meanwhile; then it is done, not an error.
                 current = await self._store.last_segment()
                 if (current.last_sequence if current else 0) != after:
-                    log.info("audit export stopped: segment recorded by another export", first=after + 1)
-                    return done
+                    return False
                 await self._store.record_segment(record)
+                return True
+
+            if not await self._db.write(write):
+                log.info("audit export stopped: segment recorded by another export", first=after + 1)
+                return done
             done.append(record)
             if progress is not None:
                 progress(record)

@@ -78,7 +78,8 @@ class UserErasure:
         devices = await self._devices.tokens_for([user_id])
         if not known and not devices:
             raise ServiceError(ErrorCode.NOT_FOUND, "No such user.")
-        async with self._db.transaction():
+
+        async def write() -> tuple[list[uuid.UUID], int]:
             await self._encryption.destroy(user_id)
             await self._profiles.delete_profile(user_id)
             revoked = await self._keys.revoke_open_keys(user_id)
@@ -90,6 +91,9 @@ class UserErasure:
                 subject_id=user_id,
                 change={"revokedKeys": len(revoked), "removedDevices": removed},
             )
+            return revoked, removed
+
+        revoked, removed = await self._db.write(write)
         self._encryption.evict(user_id)  # again: a request may have cached the key while this ran
         for key_id in revoked:
             await self._cache.delete(quiz_cache_key(key_id))

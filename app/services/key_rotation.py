@@ -19,8 +19,9 @@ alone, since it was sealed with a key the user still holds.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ import msgspec
 import structlog
 from piccolo.table import Table
 
+from app.db.data_keys import DataKeyRow
 from app.db.engine import Database
 from app.db.key_store import ATTEMPT_TABLE, QUESTION_SEALED_COLUMNS, QUESTION_TABLE, breakdown_feedback_ref
 from app.db.moderation_store import DECISION_TABLE
@@ -228,21 +230,27 @@ class KeyRotation:
             if not rows:
                 complete = True
                 break
-            async with self._db.transaction():
-                for row in rows:
-                    keys = await self._encryption.unwrap(row)  # UnknownKekError names a KEK removed too early
-                    assert keys.current is not None
-                    context = owner_context(row.user_id)
-                    current = await keks.wrap(keys.current, context)
-                    previous = await keks.wrap(keys.previous, context) if keys.previous is not None else None
-                    if await store.rewrap(row, current.kek_id, current.blob, previous.blob if previous else None):
-                        done += 1
+            done += await self._db.write(functools.partial(self._rewrap_batch, rows))
             batches += 1
             if progress:
                 progress(len(rows))
         if not complete:
             complete = not await store.not_wrapped_by(keks.active_key_id, 1)
         return await self._audited(RotationReport("rewrap", done, batches, complete), kek=keks.active_key_id)
+
+    async def _rewrap_batch(self, rows: list[DataKeyRow]) -> int:
+        """One batch of :meth:`rewrap`, in one write transaction; returns the rows re-wrapped."""
+        keks, store = self._encryption.keks, self._encryption.store
+        rewrapped = 0
+        for row in rows:
+            keys = await self._encryption.unwrap(row)  # UnknownKekError names a KEK removed too early
+            assert keys.current is not None
+            context = owner_context(row.user_id)
+            current = await keks.wrap(keys.current, context)
+            previous = await keks.wrap(keys.previous, context) if keys.previous is not None else None
+            if await store.rewrap(row, current.kek_id, current.blob, previous.blob if previous else None):
+                rewrapped += 1
+        return rewrapped
 
     async def seal_legacy(
         self, batch_size: int, progress: Progress | None = None, max_batches: int | None = None
@@ -260,8 +268,7 @@ class KeyRotation:
                 sealer = keyring
                 if keyring.is_destroyed(owner):
                     sealer = Keyring({owner: UserKeys(new_data_key())})  # thrown away: shreds the leftovers
-                async with self._db.transaction():
-                    await _reseal_user(owner, keyring, sealer)
+                await self._db.write(functools.partial(_reseal_user, owner, keyring, sealer))
                 done += 1
             batches += 1
             if progress:
@@ -269,6 +276,15 @@ class KeyRotation:
         if not complete:
             complete = not await _legacy_owners(1)
         return await self._audited(RotationReport("legacy", done, batches, complete))
+
+    async def _replace_key(
+        self, replace: Callable[[datetime], Awaitable[bool]], reseal: Callable[[], Awaitable[int]]
+    ) -> int:
+        """One user of :meth:`rotate_data`, in one write transaction: 1 when the key row was replaced."""
+        if not await replace(self._clock()):
+            return 0
+        await reseal()
+        return 1
 
     async def rotate_data(
         self, before: datetime, batch_size: int, progress: Progress | None = None, max_batches: int | None = None
@@ -290,11 +306,10 @@ class KeyRotation:
                 wrapped = await keks.wrap(fresh, owner_context(row.user_id))
                 opener = Keyring({row.user_id: old})
                 sealer = Keyring({row.user_id: UserKeys(fresh, old.current)})
-                async with self._db.transaction():
-                    # The key row first: if another run or an erasure changed it, this user is skipped.
-                    if await store.replace(row, fresh.key_id, wrapped.kek_id, wrapped.blob, self._clock()):
-                        await _reseal_user(row.user_id, opener, sealer)
-                        done += 1
+                # The key row first: if another run or an erasure changed it, this user is skipped.
+                replace = functools.partial(store.replace, row, fresh.key_id, wrapped.kek_id, wrapped.blob)
+                reseal = functools.partial(_reseal_user, row.user_id, opener, sealer)
+                done += await self._db.write(functools.partial(self._replace_key, replace, reseal))
                 self._encryption.evict(row.user_id)
             batches += 1
             if progress:

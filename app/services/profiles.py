@@ -61,7 +61,8 @@ class ProfileService:
         try:
             # The data key is made (and committed) first, so the transaction below only reads it.
             await self._store.encryption.keyring([user_id], create=True)
-            async with self._db.transaction():
+
+            async def write() -> ProfileRecord:
                 record = await self._store.upsert_profile(user_id, data, self._clock())
                 await self._audit.record(
                     actor=actor or AuditActor(kind="user", id=user_id),
@@ -70,6 +71,10 @@ class ProfileService:
                     subject_id=user_id,
                     change=msgspec.to_builtins(data),
                 )
+                return record
+
+            # On a task of its own: a client that cancels mid-way cannot leave the writer half-used.
+            record = await self._db.write(write)
         except KeyDestroyedError:
             raise erased_account() from None
         return record

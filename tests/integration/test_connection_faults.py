@@ -1,0 +1,364 @@
+"""Connections owned end to end (issue 10, item 1), on SQLite and PostgreSQL: a transaction cancelled at
+any step, an exhausted pool, a connection cut mid-transaction, a wedge attempt over WebSocket and lock
+contention over HTTP leave no connection leased and no lock held, and answer typed ``UNAVAILABLE``.
+
+Real servers only: SQLite files, PostgreSQL 16 from pgserver, the app under uvicorn for WebSockets, the
+TCP proxy of ``test_database_outage`` to cut PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from piccolo.columns import Integer
+from piccolo.table import Table
+
+from app.db.engine import Database
+from app.db.errors import DatabaseUnavailable, is_database_outage
+from app.db.sqlite_pool import PooledSQLiteEngine
+from app.settings import Settings
+from tests.cancellation import CancellationRun, cancel_at_every_step
+from tests.conftest import make_settings
+from tests.integration.conftest import Api
+from tests.integration.test_database_outage import _through_proxy, postgres_proxy, postgres_url  # noqa: F401
+from tests.tcp_proxy import TcpProxy
+from tests.ws_client import TRANSPORT_WS, GraphQLWebSocket, serve_app
+
+POOL_MAX = 2
+FAST = {"acquire_timeout_seconds": 0.5, "begin_timeout_seconds": 0.5, "busy_retry_after_seconds": 2}
+
+
+class FaultRow(Table, tablename="fault_rows"):
+    batch = Integer()
+    n = Integer()
+
+
+@pytest_asyncio.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    settings = make_settings(database_url, database={**FAST, "pool_min_size": 1, "pool_max_size": POOL_MAX})
+    database = Database(settings.database)
+    await database.start()
+    FaultRow._meta.db = database.engine
+    await FaultRow.create_table(if_not_exists=True).run()
+    yield database
+    await database.stop()
+
+
+async def stored(batch: int) -> int:
+    return await FaultRow.count().where(FaultRow.batch == batch).run()
+
+
+async def insert_three(db: Database, batch: int) -> None:
+    """Three statements through Piccolo's table API: they run on the transaction's own connection."""
+    async with db.transaction():
+        for n in range(3):
+            await FaultRow.insert(FaultRow(batch=batch, n=n)).run()
+        assert await FaultRow.count().where(FaultRow.batch == batch).run() <= 3
+
+
+async def all_slots_free(db: Database) -> None:
+    """Every connection a transaction can get is free: that many transactions open at once, at once
+    (a leaked slot would make one of them wait out the acquire timeout and raise)."""
+    slots = 1 if db.is_sqlite else POOL_MAX
+    if isinstance(db.engine, PooledSQLiteEngine):
+        assert db.engine.writer.is_idle
+    assert db.engine.current_transaction.get() is None
+    inside = 0
+    everyone_in = asyncio.Event()
+
+    async def hold() -> None:
+        nonlocal inside
+        async with db.transaction():
+            inside += 1
+            if inside == slots:
+                everyone_in.set()
+            await everyone_in.wait()
+
+    async with asyncio.timeout(2.0):
+        await asyncio.gather(*(hold() for _ in range(slots)))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_transaction_cancelled_at_every_step_leaks_nothing(db: Database) -> None:
+    batch = 0
+    cancelled_empty = 0
+
+    async def check(run: CancellationRun) -> None:
+        nonlocal batch, cancelled_empty
+        assert run.error is None, run
+        count = await stored(batch)
+        assert count in (0, 3), f"step {run.steps}: {count} of 3 rows committed"
+        assert count == 3 or not run.completed
+        cancelled_empty += run.cancelled and count == 0
+        await all_slots_free(db)
+        batch += 1
+
+    runs = await cancel_at_every_step(lambda: insert_three(db, batch), check)
+    assert len(runs) > 5 and cancelled_empty > 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_write_runs_to_its_end_whenever_its_caller_is_cancelled(db: Database) -> None:
+    batch = 0
+
+    async def check(run: CancellationRun) -> None:
+        nonlocal batch
+        assert run.error is None, run
+        async with asyncio.timeout(5):
+            while db.pending_writes:  # noqa: ASYNC110 - nothing to wait on: the count lives in the database
+                await asyncio.sleep(0.005)
+        # Cancelled before it reached ``write``, nothing; once there, all of it, whatever the caller did.
+        assert await stored(batch) == (0 if run.steps == 0 else 3), run
+        await all_slots_free(db)
+        batch += 1
+
+    await cancel_at_every_step(lambda: db.write(lambda: _rows(batch)), check)
+
+
+async def _rows(batch: int) -> None:
+    for n in range(3):
+        await FaultRow.insert(FaultRow(batch=batch, n=n)).run()
+
+
+@pytest.mark.asyncio
+async def test_pool_exhaustion_answers_unavailable_in_time_and_recovers(db: Database) -> None:
+    slots = 1 if db.is_sqlite else POOL_MAX
+    release, all_in = asyncio.Event(), asyncio.Event()
+    inside = 0
+
+    async def hold() -> None:
+        nonlocal inside
+        async with db.transaction():
+            inside += 1
+            if inside == slots:
+                all_in.set()
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(slots)]
+    async with asyncio.timeout(2):
+        await all_in.wait()
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable) as refused:
+        await insert_three(db, 1)
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert refused.value.extra == {"retryAfter": 2} and is_database_outage(refused.value)
+    assert not await db.write_path_ready(0.3)  # readiness sees the stuck write path in its own time
+    release.set()
+    await asyncio.gather(*holders)
+    await insert_three(db, 2)
+    assert await stored(1) == 0 and await stored(2) == 3
+    assert await db.ping()
+    await all_slots_free(db)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_failed_rollbacks_on_postgresql_free_their_pool_slots(
+    postgres_url: str,  # noqa: F811 - the fixture
+    postgres_proxy: TcpProxy,  # noqa: F811 - the fixture
+) -> None:
+    """The connection is cut mid-transaction (the statement in flight and the rollback both fail) more
+    times than the pool has slots; afterwards the pool still serves every slot."""
+    url = _through_proxy(postgres_url, postgres_proxy.port)
+    settings = make_settings(url, database={**FAST, "pool_min_size": 1, "pool_max_size": POOL_MAX})
+    db = Database(settings.database)
+    await db.start()
+    FaultRow._meta.db = db.engine
+    try:
+        await FaultRow.create_table(if_not_exists=True).run()
+        for attempt in range(POOL_MAX + 3):
+            with pytest.raises(Exception) as failed:  # asyncpg's own error for the lost statement
+                async with db.transaction():
+                    await FaultRow.insert(FaultRow(batch=100 + attempt, n=0)).run()
+                    postgres_proxy.cut()
+                    await FaultRow.insert(FaultRow(batch=100 + attempt, n=1)).run()
+            assert is_database_outage(failed.value), failed.value
+            postgres_proxy.restore()
+            await insert_three(db, attempt)  # the next transaction gets a slot, at once
+        for attempt in range(POOL_MAX + 3):
+            assert await stored(100 + attempt) == 0 and await stored(attempt) == 3
+        await all_slots_free(db)
+    finally:
+        postgres_proxy.restore()
+        await db.stop()
+
+
+# -- black box: the app ----------------------------------------------------------------------------------
+
+UPSERT = "mutation($input: ProfileInput!) { upsertMyProfile(input: $input) { userId } }"
+
+
+def _profile(name: str) -> dict[str, Any]:
+    return {
+        "displayName": name,
+        "bio": f"{name} likes tests",
+        "prompts": [{"question": "Favourite food?", "answer": "Soup"}],
+        "consentPreferences": [{"topic": "pace", "statement": "Slowly"}],
+        "locale": "en",
+    }
+
+
+def _codes(message: dict[str, Any]) -> list[str]:
+    payload = message.get("payload")
+    errors = payload if isinstance(payload, list) else (payload or {}).get("errors") or []
+    return [(error.get("extensions") or {}).get("code", "?") for error in errors]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_cancelled_websocket_upserts_do_not_wedge_the_service(
+    api_factory: Callable[[Settings], Awaitable[Api]], database_url: str
+) -> None:
+    """The wedge of issue 10: WebSocket ``upsertMyProfile`` operations cancelled 0-60 ms after subscribe
+    (``complete``, or the socket closed), beside HTTP upserts cancelled as they run. Afterwards writes and
+    ``/ready`` work, nothing is held, and nothing answered 500."""
+    api = await api_factory(make_settings(database_url))
+    rng = random.Random(10)
+    codes: list[str] = []
+    statuses: list[int] = []
+    users = [uuid.uuid4() for _ in range(20)]
+
+    async def socket_user(url: str, user: uuid.UUID, operations: int) -> None:
+        done = 0
+        while done < operations:
+            async with GraphQLWebSocket.open(url, TRANSPORT_WS) as client:
+                ack = await client.init({"Authorization": f"Bearer {api.token(user)}"})
+                assert ack["type"] == "connection_ack", ack
+                while done < operations:
+                    operation = f"op{done}"
+                    await client.subscribe(operation, UPSERT, input=_profile(f"user{done}"))
+                    done += 1
+                    await _collect(client, codes, rng.uniform(0, 0.06))
+                    if rng.random() < 0.3:
+                        break  # close the socket with the operation (maybe) in flight
+                    await client.send({"id": operation, "type": "complete"})
+
+    async def http_user(user: uuid.UUID, operations: int) -> None:
+        for index in range(operations):
+            request = api.client.put(f"/profiles/{user}", json=_profile(f"http{index}"), headers=api.headers(user))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rng.uniform(0, 0.06)):  # cancels the handler in flight
+                    statuses.append((await request).status_code)
+
+    started = time.monotonic()
+    async with serve_app(api.app) as base:
+        url = base + api.settings.server.graphql_path
+        await asyncio.gather(
+            *(socket_user(url, user, 10) for user in users), *(http_user(user, 5) for user in users[:8])
+        )
+    took = time.monotonic() - started
+
+    assert "INTERNAL_SERVER_ERROR" not in codes, codes
+    assert set(codes) <= {"UNAVAILABLE"}, codes
+    assert 500 not in statuses and set(statuses) <= {200, 503}, statuses
+    db = api.services.db
+    assert isinstance(db.engine, PooledSQLiteEngine)
+    await api.eventually(lambda: _true(db.engine.writer.is_idle), timeout=10)
+    ready = await asyncio.wait_for(api.client.get("/ready"), timeout=3)
+    assert ready.status_code == 200, ready.text
+    user = uuid.uuid4()
+    result = await asyncio.wait_for(api.gql(UPSERT, user, input=_profile("after")), timeout=5)
+    assert "errors" not in result, result
+    assert (await api.client.get(f"/profiles/{user}", headers=api.headers(user))).status_code in (200, 405)
+    assert db.engine.free_reader_slots == api.settings.database.sqlite_pool_size
+    assert took < 60
+
+
+async def _collect(client: GraphQLWebSocket, codes: list[str], seconds: float) -> None:
+    """Whatever the server sends within ``seconds``: error codes of its results, kept."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await client.receive(timeout=seconds + 1)
+                codes.extend(_codes(message))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_contention_answers_typed_unavailable_with_retry_after(
+    api_factory: Callable[[Settings], Awaitable[Api]], database_url: str, backend: str
+) -> None:
+    """The write path busy (SQLite: another connection holds the write lock; PostgreSQL: every pooled
+    connection taken): REST answers 503 problem+json with Retry-After, GraphQL ``UNAVAILABLE`` with
+    ``retryAfter``, ``/ready`` 503 within its own timeout; all recover when the contention ends."""
+    settings = make_settings(
+        database_url, database={**FAST, "pool_min_size": 1, "pool_max_size": POOL_MAX, "ready_timeout_seconds": 1.0}
+    )
+    api = await api_factory(settings)
+    user = uuid.uuid4()
+    await api.upsert_profile(user, "Before")  # the user's data key exists; the write below is the upsert itself
+    release = await _contend(api)
+    try:
+        rest = await api.client.put(f"/profiles/{user}", json=_profile("Busy"), headers=api.headers(user))
+        assert rest.status_code == 503, rest.text
+        assert rest.headers["content-type"].startswith("application/problem+json")
+        assert rest.headers["retry-after"] == "2" and rest.json()["code"] == "UNAVAILABLE"
+        graphql = await api.gql(UPSERT, user, input=_profile("Busy"))
+        error = graphql["errors"][0]
+        assert error["extensions"]["code"] == "UNAVAILABLE" and error["extensions"]["retryAfter"] == 2, error
+        started = time.monotonic()
+        ready = await api.client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+        assert time.monotonic() - started < 2.5
+    finally:
+        await release()
+    assert (await api.client.put(f"/profiles/{user}", json=_profile("After"), headers=api.headers(user))).is_success
+    assert (await api.client.get("/ready")).status_code == 200
+
+
+async def _contend(api: Api) -> Callable[[], Awaitable[None]]:
+    """Make the write path busy; returns what ends it."""
+    db = api.services.db
+    if isinstance(db.engine, PooledSQLiteEngine):
+        other = sqlite3.connect(db.engine.path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+
+        async def release_lock() -> None:
+            other.execute("ROLLBACK")
+            other.close()
+
+        return release_lock
+    pool = db.engine.pool
+    assert pool is not None
+    held = [await pool.acquire() for _ in range(POOL_MAX)]
+
+    async def release_pool() -> None:
+        for connection in held:
+            await pool.release(connection)
+
+    return release_pool
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["sqlite"])  # the bounded writer line is SQLite's
+async def test_http_client_gets_no_500_when_the_write_line_is_full(
+    api_factory: Callable[[Settings], Awaitable[Api]], database_url: str
+) -> None:
+    """More writes than the line holds, at once: the surplus is refused with 503, never 500."""
+    api = await api_factory(make_settings(database_url, database={"max_pending_writes": 4}))
+    users = [uuid.uuid4() for _ in range(24)]
+    responses: list[httpx.Response] = await asyncio.gather(
+        *(api.client.put(f"/profiles/{u}", json=_profile("Many"), headers=api.headers(u)) for u in users)
+    )
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] and response.json()["code"] == "UNAVAILABLE"
