@@ -93,7 +93,8 @@ class DatabaseSettings(_Section):
     pool_max_size: PositiveInt = 10
     """PostgreSQL connection pool upper bound."""
     sqlite_busy_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
-    """How long a SQLite writer waits for the write lock before giving up."""
+    """How long a SQLite reader waits on a busy database before giving up (the writer waits
+    ``begin_timeout_seconds`` for the write lock)."""
     sqlite_pool_size: Annotated[int, Meta(ge=1, le=64)] = 4
     """Open SQLite connections kept for reuse (each is one thread)."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -107,6 +108,9 @@ class DatabaseSettings(_Section):
     """``Retry-After`` given with UNAVAILABLE when the database is busy or away."""
     max_pending_writes: Annotated[int, Meta(ge=1)] = 1024
     """Write transactions allowed to wait for the SQLite writer; more are refused with UNAVAILABLE."""
+    ready_timeout_seconds: Annotated[float, Meta(gt=0, le=60)] = 2.0
+    """``/ready`` reports the database not ready when a trivial read or an empty write transaction (on
+    SQLite: in line for the writer) takes longer than this: a stuck write path answers 503 in time."""
 
 
 class AuthSettings(_Section):
