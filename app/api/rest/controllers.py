@@ -146,7 +146,10 @@ class HealthController(Controller):
     @get("/ready", summary="Readiness")
     async def ready(self, services: NamedDependency[Services]) -> Response[dict[str, Any]]:
         """Database reachable, task queue and outbox relay running, broker reachable when Kafka is configured:
-        503 with the failing checks otherwise. Redis being unreachable is ``degraded`` (still 200): the
+        503 with the failing checks otherwise. ``database`` also probes the write path (an empty write
+        transaction, on SQLite in line for the one writer) and is false when it does not get through within
+        ``[database] ready_timeout_seconds``: a wedged instance answers 503 in time for its supervisor to
+        restart it (``/health`` stays liveness only). Redis being unreachable is ``degraded`` (still 200): the
         service keeps answering with the fallbacks chosen in ``[redis]``, and ``backends`` says which."""
         checks = {
             "database": await services.db.ping(),
@@ -175,6 +178,7 @@ class HealthController(Controller):
                 "eventBus": bus.health() if hasattr(bus, "health") else {"backend": "memory", "ok": True},
             },
             "queueDepth": services.queue.depth,
+            "pendingWrites": services.db.pending_writes,
             "outbox": services.relay.stats(),  # deadLettered: malformed or unknown events set aside
             "scorers": {name: _describe(scorer) for name, scorer in sorted(services.scorers.items())},
         }
