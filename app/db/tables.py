@@ -211,16 +211,16 @@ class ConnectionKeyEvent(Table, tablename="connection_key_events"):
 class ProcessedEvent(Table, tablename="processed_events"):
     """Event ids a consumer has applied, written in the same transaction as the consumer's change.
 
-    event_id = UUID()
-    processed_at = Timestamptz(default=TimestamptzNow())
-
-
-class DeviceToken(Table, tablename="device_tokens"):
     ``id`` is uuid5(consumer, event id), so the primary key itself rejects a second application.
     """
 
     id = UUID(primary_key=True)
     consumer = Varchar(length=60)
+    event_id = UUID()
+    processed_at = Timestamptz(default=TimestamptzNow())
+
+
+class DeviceToken(Table, tablename="device_tokens"):
     """A device registered for push notifications. A token belongs to one user at a time: registering it
     again (another account signed in on the device) moves it. ``last_error`` is the last failed send."""
 
@@ -318,12 +318,12 @@ class ModerationDecision(Table, tablename="moderation_decisions"):
 ALL_TABLES: tuple[type[Table], ...] = (
     Profile,
     Conversation,
+    ConversationRequesterState,
     PromptTemplate,
     ConnectionKey,
     ConnectionKeyQuestion,
     ConnectionKeyAttempt,
     ConnectionKeyEvent,
-    ConversationRequesterState,
     ProcessedEvent,
     DeviceToken,
     ModerationDecision,

@@ -13,6 +13,7 @@ import pytest
 
 from app.adapters.event_bus import BusUnavailableError
 from app.adapters.kafka_bus import KafkaEventBus
+from app.api.graphql.resolvers import viewer_state
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.tables import ConnectionKeyEvent, utcnow
 from app.domain.events import EventType, QuizCompleted
@@ -27,13 +28,13 @@ kafka_topic = kafka_fixtures.kafka_topic
 tansu_broker = kafka_fixtures.tansu_broker
 
 
-def completed(conversation_id: uuid.UUID, state: UnlockState) -> QuizCompleted:
+def completed(conversation_id: uuid.UUID, state: UnlockState, requester: uuid.UUID | None = None) -> QuizCompleted:
     now = utcnow()
     return QuizCompleted(
         attempt_id=uuid.uuid4(),
         key_id=uuid.uuid4(),
         conversation_id=conversation_id,
-        requester_id=uuid.uuid4(),
+        requester_id=requester or uuid.uuid4(),
         target_id=uuid.uuid4(),
         score=1.0 if state is UnlockState.UNLOCKED else 0.2,
         passed=state is UnlockState.UNLOCKED,
@@ -62,7 +63,11 @@ async def test_events_wait_in_the_outbox_while_the_broker_is_down_then_drain_in_
             (second.id, UnlockState.UNLOCKED),
             (first.id, UnlockState.COOLDOWN),
         ]
-        events = [new_envelope(EventType.QUIZ_COMPLETED, c, completed(c, s), utcnow()) for c, s in outcomes]
+        # One requester per conversation: the retry state is theirs (the other participant's is separate).
+        requester = {first.id: first.participant_ids[0], second.id: second.participant_ids[0], missing: uuid.uuid4()}
+        events = [
+            new_envelope(EventType.QUIZ_COMPLETED, c, completed(c, s, requester[c]), utcnow()) for c, s in outcomes
+        ]
         async with services.db.transaction():
             await outbox.append(events)
 
@@ -88,7 +93,7 @@ async def test_events_wait_in_the_outbox_while_the_broker_is_down_then_drain_in_
             async def state(conversation_id: uuid.UUID) -> UnlockState:
                 record = await store.get_conversation(conversation_id)
                 assert record is not None
-                return record.unlock_state
+                return (await viewer_state(store, record, requester[conversation_id])).unlock_state
 
             def dead_lettered() -> int:
                 return sum(stats["deadLettered"] for stats in bus.health()["consumers"].values())
