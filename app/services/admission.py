@@ -44,13 +44,17 @@ class AdmissionState(Struct, frozen=True):
     mean_service_seconds: float | None
     expected_wait_seconds: float
     refused: int
+    """Every refusal, at once or (below) after waiting out the budget."""
+    overdue: int
+    """Waiters that reached the budget still in line (the estimate was too low) and were refused then."""
 
 
 class AdmissionGate:
     """At most ``concurrency`` holders of :meth:`admit` at once; the rest wait first come, first served.
 
     A newcomer is refused at once when its expected wait (:func:`app.domain.admission.expected_wait`)
-    exceeds ``max_wait_seconds`` or the line already holds ``max_queued``. A waiter that is cancelled
+    exceeds ``max_wait_seconds`` or the line already holds ``max_queued``; a waiter still in line when
+    its wait reaches ``max_wait_seconds`` is refused then (the estimate was wrong). A waiter that is cancelled
     (client gone) leaves the line; a slot handed to it in the same instant is passed on. Only work that
     completes (the ``async with`` body returns) feeds the service-time average: a cancelled or failed
     request says little about how long real work takes.
@@ -78,6 +82,7 @@ class AdmissionGate:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._service = ServiceTime()
         self._refused = 0
+        self._overdue = 0
 
     @classmethod
     def from_settings(cls, operation: str, settings: AdmissionSettings) -> AdmissionGate:
@@ -99,6 +104,7 @@ class AdmissionGate:
             self._service.mean,
             decision.expected_wait,
             self._refused,
+            self._overdue,
         )
 
     def _refuse(self, wait: float) -> ServiceError:
@@ -128,13 +134,25 @@ class AdmissionGate:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await waiter  # _release hands over its slot: _in_flight already counts us
+            # _release hands over its slot (_in_flight already counts us). The deadline is a safety net
+            # for a wrong estimate (service times grew after we were let in): a waiter never waits
+            # much past the budget, it leaves the line with the same answer a newcomer would get.
+            await asyncio.wait({waiter}, timeout=self._budget)
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot reached us as we were cancelled: pass it on
-            else:
-                self._waiters.remove(waiter)
+            self._leave(waiter)
             raise
+        if not waiter.done():
+            self._leave(waiter)
+            self._overdue += 1
+            raise self._refuse(self._budget)
+
+    def _leave(self, waiter: asyncio.Future[None]) -> None:
+        """Take ``waiter`` out of the line; a slot that reached it in the same instant is passed on."""
+        if waiter.done() and not waiter.cancelled():
+            self._release()
+        else:
+            self._waiters.remove(waiter)
+            waiter.cancel()
 
     def _release(self) -> None:
         while self._waiters:

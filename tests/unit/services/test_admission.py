@@ -148,6 +148,28 @@ async def test_a_slot_handed_to_a_waiter_cancelled_in_the_same_instant_is_passed
 
 
 @pytest.mark.asyncio
+async def test_a_waiter_still_in_line_at_the_budget_is_refused_then() -> None:
+    # The estimate said yes (nothing measured yet), but the job ahead takes far longer than the budget.
+    clock, release, entered = FakeClock(), asyncio.Event(), []
+    g = gate(clock, concurrency=1, budget=0.05)
+    running = asyncio.create_task(hold(g, release, entered, "slow"))
+    await settle()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServiceError) as refused:
+        async with g.admit():
+            pytest.fail("an overdue waiter must not run")
+    assert 0.04 <= loop.time() - started < 1.0
+    assert refused.value.code is ErrorCode.UNAVAILABLE and refused.value.extra == {"retryAfter": 1}
+    assert (g.state().queued, g.state().overdue, g.state().refused) == (0, 1, 1)
+    release.set()
+    assert await running == "slow"
+    async with g.admit():  # the slot it never took is not lost
+        assert g.state().in_flight == 1
+    assert g.state().in_flight == 0
+
+
+@pytest.mark.asyncio
 async def test_only_completed_work_feeds_the_service_time() -> None:
     clock = FakeClock()
     g = gate(clock)
