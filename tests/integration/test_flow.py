@@ -9,7 +9,14 @@ import msgspec
 import pytest
 
 from app.db.outbox_store import envelope_of
-from app.db.tables import ConnectionKeyAttempt, ConnectionKeyEvent, Conversation, ProcessedEvent
+from app.db.tables import (
+    ConnectionKeyAttempt,
+    ConnectionKeyEvent,
+    Conversation,
+    ConversationRequesterState,
+    ProcessedEvent,
+    requester_state_id,
+)
 from app.domain.events import EventEnvelope
 from app.services.unlock_orchestrator import CONSUMER_GROUP
 from tests.integration.conftest import Api
@@ -141,9 +148,14 @@ async def test_failed_attempt_offers_retry_then_cooldown(api_factory, database_u
     error = blocked["errors"][0]
     assert error["extensions"]["code"] == "RATE_LIMITED" and error["extensions"]["retryAfter"] > 3600
 
-    async def cooldown() -> bool:
-        row = await Conversation.select().where(Conversation.id == uuid.UUID(payload["conversationId"])).first().run()
-        return row["unlock_state"] == "COOLDOWN"
+    async def cooldown() -> bool:  # alice's own retry state (the conversation row stays LOCKED)
+        row = (
+            await ConversationRequesterState.select()
+            .where(ConversationRequesterState.id == requester_state_id(uuid.UUID(payload["conversationId"]), alice))
+            .first()
+            .run()
+        )
+        return row is not None and row["unlock_state"] == "COOLDOWN"
 
     await api.eventually(cooldown)
 
@@ -201,4 +213,9 @@ async def test_concurrent_submissions_commit_together_and_each_counts_once(api: 
 
     await api.eventually(all_applied)
     states = sorted(r["unlock_state"] for r in await Conversation.select(Conversation.unlock_state).run())
-    assert states == ["RETRY_AVAILABLE"] * 6 + ["UNLOCKED"] * 6
+    assert states == ["LOCKED"] * 6 + ["UNLOCKED"] * 6  # a failure sets the requester's own state only
+    own = [
+        r["unlock_state"]
+        for r in await ConversationRequesterState.select(ConversationRequesterState.unlock_state).run()
+    ]
+    assert own == ["RETRY_AVAILABLE"] * 6
