@@ -174,16 +174,21 @@ async def test_target_without_profile_and_profile_validation(api: Api, quiz: dic
 async def test_parallel_double_submit_records_one_attempt(api: Api, quiz: dict) -> None:
     alice, payload, answers = quiz["alice"], quiz["payload"], quiz["answers"]
     results = await asyncio.gather(*(api.submit(alice, payload["signedPayload"], answers) for _ in range(4)))
-    passed = [r for r in results if "errors" not in r]
-    replayed = [_code(r) for r in results if "errors" in r]
-    assert len(passed) == 1 and replayed == ["PAYLOAD_REPLAYED"] * 3
+    # The first one is scored; an identical copy sent while it is in flight is told to retry shortly
+    # (UNAVAILABLE + retryAfter), one arriving after it committed gets the recorded result.
+    passed = [r["data"]["submitConnectionKey"]["attemptId"] for r in results if "errors" not in r]
+    waiting = [r["errors"][0]["extensions"] for r in results if "errors" in r]
+    assert len(set(passed)) == 1 and len(passed) + len(waiting) == 4
+    assert all(e["code"] == "UNAVAILABLE" and e["retryAfter"] >= 1 for e in waiting)
     assert await ConnectionKeyAttempt.count().run() == 1
-    rest = await api.client.post(
-        f"/connection-keys/{payload['id']}/responses",
-        json={"signedPayload": payload["signedPayload"], "answers": answers},
-        headers=api.headers(alice),
-    )
+    url = f"/connection-keys/{payload['id']}/responses"
+    body = {"signedPayload": payload["signedPayload"], "answers": answers}
+    rest = await api.client.post(url, json=body, headers=api.headers(alice))
+    assert rest.status_code == 201 and rest.json()["attemptId"] == passed[0]
+    other = {**body, "answers": [{**answers[0], "value": answers[0]["value"] + " indeed"}, *answers[1:]]}
+    rest = await api.client.post(url, json=other, headers=api.headers(alice))
     assert rest.status_code == 409 and rest.json()["code"] == "PAYLOAD_REPLAYED"
+    assert await ConnectionKeyAttempt.count().run() == 1
 
 
 @pytest.mark.asyncio

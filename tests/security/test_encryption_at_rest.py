@@ -118,8 +118,9 @@ async def test_raw_rows_hold_no_plaintext_after_a_realistic_flow(api: Api) -> No
     conversation = uuid.UUID(payload["conversationId"])
 
     async def applied() -> bool:
-        record = await api.services.profile_store.get_conversation(conversation)
-        return record is not None and record.unlock_state.value == outcome["unlockState"]
+        # A failed attempt's retry state is the requester's own (the conversation row stays LOCKED).
+        state = await api.services.profile_store.requester_state(conversation, uuid.UUID(str(attempt.requester_id)))
+        return state is not None and state.unlock_state.value == outcome["unlockState"]
 
     await api.eventually(applied)
     assert outcome["unlockState"] != "UNLOCKED"  # the markers are not the right answers

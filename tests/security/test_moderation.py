@@ -503,9 +503,14 @@ async def test_a_moderator_may_submit_for_the_requester_and_it_is_recorded(api: 
     assert await audit_actions(attempt_id) == [("moderation.submitted", "moderator")]
     listed = (await api.client.get("/moderation/attempts", headers=moderator_headers(api))).json()["items"]
     assert [(i["id"], i["submittedBy"]) for i in listed] == [(str(attempt_id), str(moderator))]
-    # Single use still holds for a moderator.
+    # The same request again (a lost response) gets the recorded result and records nothing new.
     again = await api.client.post(url, json=body, headers=moderator_headers(api, moderator))
-    assert_problem(again, 409, "PAYLOAD_REPLAYED")
+    assert again.status_code == 201 and again.json()["attemptId"] == str(attempt_id), again.text
+    assert await ConnectionKeyAttempt.count().where(ConnectionKeyAttempt.connection_key_id == payload["id"]).run() == 1
+    # Single use still holds for a moderator: other answers, or another moderator, are a replay.
+    other = {**body, "answers": [{**answers[0], "value": "something else entirely"}, *answers[1:]]}
+    assert_problem(await api.client.post(url, json=other, headers=moderator_headers(api, moderator)), 409, "PAYLOAD_REPLAYED")
+    assert_problem(await api.client.post(url, json=body, headers=moderator_headers(api)), 409, "PAYLOAD_REPLAYED")
 
 
 async def test_a_requester_who_is_a_moderator_submits_as_themselves(api: Api) -> None:
