@@ -44,8 +44,13 @@ async def test_the_flow_on_redis_and_a_replay_is_refused_before_scoring(
     assert first["data"]["submitConnectionKey"]["passed"] is True
     similarity = api.services.scorers["embedding.similarity"]
     scored = similarity.describe()["batching"]["requests"]  # type: ignore[attr-defined]
+    # An identical resend (a lost response) gets the recorded result; other answers are a replay. Neither
+    # is scored again.
     again = await api.submit(alice, payload["signedPayload"], answers)
-    assert again["errors"][0]["extensions"]["code"] == "PAYLOAD_REPLAYED"
+    assert again["data"]["submitConnectionKey"] == first["data"]["submitConnectionKey"]
+    changed = [{**answers[0], "value": answers[0]["value"] + " as well"}, *answers[1:]]
+    replay = await api.submit(alice, payload["signedPayload"], changed)
+    assert replay["errors"][0]["extensions"]["code"] == "PAYLOAD_REPLAYED"
     assert similarity.describe()["batching"]["requests"] == scored  # type: ignore[attr-defined]
     assert await ConnectionKeyAttempt.count().run() == 1
 
