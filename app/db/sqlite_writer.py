@@ -158,8 +158,9 @@ class SQLiteWriter:
 
 
 async def _execute(connection: aiosqlite.Connection, sql: str) -> None:
-    async with connection.execute(sql):
-        pass
+    # One trip to the connection's thread: BEGIN, COMMIT and ROLLBACK return no rows, and their cursor
+    # needs no close of its own (closing it would be a second trip per statement).
+    await connection.execute(sql)
 
 
 async def _fetch_all(connection: aiosqlite.Connection, query: str, args: list[Any]) -> list[Any]:
