@@ -120,9 +120,9 @@ class CreateConnectionKey:
         conversation = await deps.profiles.get_or_create_conversation(requester_id, target_id, now)
         if conversation.unlock_state is UnlockState.UNLOCKED:
             raise ServiceError(ErrorCode.CONFLICT, "This conversation is already unlocked.")
-        failures = await deps.keys.recent_failures(requester_id, conversation.id, now - WINDOW)
         if conversation.moderation_locked_at is not None:  # until a moderator lifts it (moderation_rules)
             raise ServiceError(ErrorCode.FORBIDDEN, "A moderator has locked this conversation; no new quiz for now.")
+        failures = await deps.keys.recent_failures(requester_id, conversation.id, now - WINDOW)
         retry_at = may_start_attempt(failures, now, deps.retry_policy)
         if retry_at is not None:
             raise ServiceError(
