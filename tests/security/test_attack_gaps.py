@@ -68,6 +68,7 @@ async def test_a_request_that_selects_no_single_operation_is_a_typed_error(api: 
         # Without operationName Strawberry ran the first one: here a mutation that would write a profile.
         ({"query": two, "variables": {"input": PROFILE}}, "2 operations"),
         ({"query": two, "variables": {"input": PROFILE}, "operationName": None}, "2 operations"),
+        ({"query": ""}, "No GraphQL query"),
     ]
     for body, message in cases:
         error = _error(await _post_graphql(api, user, body))

@@ -21,6 +21,7 @@ import strawberry
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import MediaType
+from strawberry.exceptions import MissingQueryError
 from strawberry.litestar import make_graphql_controller
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -170,6 +171,8 @@ def build_graphql_controller(settings: Settings) -> type:
                 )
             except CannotGetOperationTypeError as exc:  # no operation, or several and no operationName
                 return _bad_request(operation_selection_message(exc))
+            except MissingQueryError:  # "query": ""
+                return _bad_request("No GraphQL query found in the request.")
             payload: dict[str, Any] = {"data": result.data}
             headers = None
             if result.errors:
