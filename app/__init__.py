@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from app.api.docs_pages import docs_render_plugins
 from app.api.graphql.controller import build_graphql_controller
 from app.api.rest.controllers import ConnectionKeyController, HealthController, ProfileController
 from app.api.rest.dependencies import refuse_deeply_nested_body
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
             security=[{"bearer": []}],
+            render_plugins=docs_render_plugins(development=settings.is_development),
         ),
         logging_config=None,  # structlog (app.observability) owns logging
         debug=False,

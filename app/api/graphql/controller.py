@@ -28,6 +28,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
+from app.api.docs_pages import graphiql_html
 from app.api.graphql.context import GraphQLContext, context_getter
 from app.api.graphql.errors import typed
 from app.api.graphql.operation_selection import operation_selection_message
@@ -108,6 +109,10 @@ def build_graphql_controller(settings: Settings) -> type:
         websocket_adapter_class = Connection
         graphql_transport_ws_handler_class = GraphQLTransportWSHandler
         graphql_ws_handler_class = GraphQLWSHandler
+
+        async def render_graphql_ide(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+            """GraphiQL with its scripts and styles served by this service, not a CDN (app.api.docs_pages)."""
+            return Response(graphiql_html(request), media_type=MediaType.HTML)
 
         async def on_ws_connect(self, context: GraphQLContext) -> UnsetType:
             """Authenticate the socket from the ``connection_init`` payload."""
