@@ -20,7 +20,7 @@ class SharedCache(Protocol):
 
 @dataclass(frozen=True)
 class PluginContext:
-    """Handed to ``register_scorers``.
+    """Handed to every hook (``register_scorers``, ``register_notifiers``).
 
     Attributes:
         settings: every plugin's settings table by name, from ``[plugins.config.<name>]`` in

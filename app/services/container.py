@@ -49,8 +49,7 @@ from app.services.template_library import TemplateLibrary
 from app.services.unlock_orchestrator import CONSUMER_GROUP, UnlockOrchestrator
 from app.settings import Settings
 from plugins.context import PluginContext
-from plugins.manager import build_plugin_manager, collect_scorers
-from plugins.notifier_manager import build_notifier_manager, collect_notifiers
+from plugins.manager import build_plugin_manager, collect_notifiers, collect_scorers
 from plugins.scorer import Scorer
 
 __all__ = ["Services", "open_services"]
@@ -193,9 +192,10 @@ async def open_services(
         environment=settings.server.environment,
         shared_cache=cache if settings.redis.url else None,  # in memory it would only duplicate theirs
     )
-    scorers = collect_scorers(build_plugin_manager(settings.plugins.enabled), context)
+    pm = build_plugin_manager(settings.plugins.enabled, notifiers=settings.notifications.notifiers)
+    scorers = collect_scorers(pm, context)
     runner = ScoringRunner(scorers, settings.scoring)  # fails fast on a bad route, before connecting
-    notifiers = collect_notifiers(build_notifier_manager(settings.notifications.notifiers), context)
+    notifiers = collect_notifiers(pm, context)
     async with contextlib.AsyncExitStack() as stack:
         if background:  # CLI commands never score, so they skip loading models
             await _open_scorers(stack, {name: scorers[name] for name in sorted(runner.in_use)})

@@ -14,11 +14,10 @@ import pytest
 import notifiers.apns.plugin
 import notifiers.fcm.plugin
 from notifiers.config import ConfigError
+from plugins import hookimpl
 from plugins.context import PluginContext
-from plugins.hookspecs import hookimpl
-from plugins.manager import PluginError
+from plugins.manager import NOTIFIERS_GROUP, PluginError, build_plugin_manager, collect_notifiers
 from plugins.notifier import Notifier, PushMessage, PushOutcome, PushStatus, parse_retry_after
-from plugins.notifier_manager import NOTIFIER_ENTRY_POINT_GROUP, build_notifier_manager, collect_notifiers
 from tests.fake_push_servers import ApnsKey, FakeApns, FakeFcm
 from tests.unit.notifiers.conftest import apns_table, fcm_table
 
@@ -48,9 +47,9 @@ class ThrowawayPlugin:
 
 @pytest.fixture
 def pm() -> Iterator[pluggy.PluginManager]:
-    """A notifier plugin manager with the built-in plugins registered by hand (as their entry points
-    would), whether or not the package's entry points are installed."""
-    manager = build_notifier_manager(enabled=[])
+    """The plugin manager with no entry point loaded and the built-in notifier plugins registered by hand
+    (as their entry points would be), whether or not the package's entry points are installed."""
+    manager = build_plugin_manager([], notifiers=[])
     for name, module in BUILT_IN.items():
         manager.register(module, name=name)
     yield manager
@@ -110,17 +109,27 @@ def test_collect_refuses_what_would_route_ambiguously(
 
 def test_naming_a_plugin_that_is_not_installed_stops_start_up() -> None:
     with pytest.raises(PluginError, match="notifier plugins not installed: nope"):
-        build_notifier_manager(["nope"])
+        build_plugin_manager([], notifiers=["nope"])
 
 
 @pytest.mark.skipif(
-    not {"fcm", "apns"} <= {ep.name for ep in entry_points(group=NOTIFIER_ENTRY_POINT_GROUP)},
+    not {"fcm", "apns"} <= {ep.name for ep in entry_points(group=NOTIFIERS_GROUP)},
     reason="the connection_key.notifiers entry points are not installed (pyproject, then pip install -e .)",
 )
 def test_built_ins_load_from_their_entry_points() -> None:
-    pm = build_notifier_manager(["fcm", "apns"])
+    pm = build_plugin_manager(["rule"], notifiers=["fcm", "apns"])  # plugins.enabled, notifications.notifiers
     assert pm.get_plugin("fcm") is notifiers.fcm.plugin and pm.get_plugin("apns") is notifiers.apns.plugin
     assert collect_notifiers(pm) == {}
+    only_fcm = build_plugin_manager([], notifiers=["fcm"])
+    assert {name for name, _ in only_fcm.list_name_plugin()} == {"fcm"}
+
+
+def test_the_older_import_path_builds_the_same_manager() -> None:
+    from plugins import notifier_manager
+
+    assert notifier_manager.collect_notifiers is collect_notifiers
+    assert notifier_manager.NOTIFIER_ENTRY_POINT_GROUP == NOTIFIERS_GROUP
+    assert notifier_manager.build_notifier_manager([]).get_plugins() == set()
 
 
 # -- the contract's helpers ------------------------------------------------------------------------

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import plugins.manager
+from plugins import hookimpl
 from plugins.conformance import KINDS, ScorerConformance, default_hostile_requests, default_sample_requests
 from plugins.context import PluginContext
-from plugins.hookspecs import hookimpl
-from plugins.manager import ENTRY_POINT_GROUP
+from plugins.manager import SCORERS_GROUP
 from plugins.scorer import Scorer, ScoreRequest, ScoreResult, ScorerUnavailableError
 from scorers.rule import ChoiceScorer
 
@@ -85,10 +85,8 @@ class TestWellBehavedScorer(ScorerConformance):
 
     @pytest.fixture(autouse=True)
     def meta_entry_point(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        point = EntryPoint(name="meta", value=__name__, group=ENTRY_POINT_GROUP)
-        monkeypatch.setattr(
-            plugins.manager, "entry_points", lambda group: [point] if group == ENTRY_POINT_GROUP else []
-        )
+        point = EntryPoint(name="meta", value=__name__, group=SCORERS_GROUP)
+        monkeypatch.setattr(plugins.manager, "entry_points", lambda group: [point] if group == SCORERS_GROUP else [])
 
     @pytest.fixture
     def scorer(self) -> Callable[[], Any]:
