@@ -28,7 +28,7 @@ from app.settings import EncryptionSettings, Settings
 from notifiers.apns import plugin as apns_plugin
 from notifiers.fcm import plugin as fcm_plugin
 from plugins.context import PluginContext
-from plugins.notifier_manager import build_notifier_manager, collect_notifiers
+from plugins.manager import build_plugin_manager, collect_notifiers
 from tests.fake_push_servers import (
     APNS_KEY_ID,
     APNS_TEAM_ID,
@@ -92,7 +92,7 @@ def _context(fcm: FakeFcm, apns: FakeApns, key: ApnsKey) -> PluginContext:
 
 
 def _service(context: PluginContext, **policy: Any) -> NotificationService:
-    pm = build_notifier_manager(enabled=[])  # the built-ins, registered as their entry points would be
+    pm = build_plugin_manager([], notifiers=[])  # the built-ins, registered as their entry points would be
     pm.register(fcm_plugin, name="fcm")
     pm.register(apns_plugin, name="apns")
     return NotificationService(

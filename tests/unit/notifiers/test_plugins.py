@@ -124,14 +124,6 @@ def test_built_ins_load_from_their_entry_points() -> None:
     assert {name for name, _ in only_fcm.list_name_plugin()} == {"fcm"}
 
 
-def test_the_older_import_path_builds_the_same_manager() -> None:
-    from plugins import notifier_manager
-
-    assert notifier_manager.collect_notifiers is collect_notifiers
-    assert notifier_manager.NOTIFIER_ENTRY_POINT_GROUP == NOTIFIERS_GROUP
-    assert notifier_manager.build_notifier_manager([]).get_plugins() == set()
-
-
 # -- the contract's helpers ------------------------------------------------------------------------
 
 
