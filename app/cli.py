@@ -15,6 +15,7 @@ from litestar.plugins import CLIPluginProtocol
 from app.audit_cli import audit
 from app.domain.quiz import QuestionKind
 from app.encryption_cli import keys, users
+from app.port_guard import guard_run_command
 
 __all__ = ["ConnectionKeyCLIPlugin"]
 
@@ -85,7 +86,7 @@ def load_templates(directory: str | None) -> None:
     click.echo(f"loaded {count} templates")
 
 
-@ck.command(name="seed-demo", help="Create or refresh the demo users' profiles (alice, bob).")
+@ck.command(name="seed-demo", help="Create or refresh the demo users' profiles (alice, bob, carol).")
 def seed_demo() -> None:
     from app.demo import DEMO_USERS, demo_user_id
 
@@ -171,3 +172,4 @@ class ConnectionKeyCLIPlugin(CLIPluginProtocol):
 
     def on_cli_init(self, cli: click.Group) -> None:
         cli.add_command(ck)
+        guard_run_command(cli)  # a busy port stops `run` before the lifespan migrates and loads the model

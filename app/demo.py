@@ -45,4 +45,20 @@ DEMO_USERS: dict[str, ProfileInput] = {
         ],
         locale="en",
     ),
+    # A third person, so the walkthrough's wrong-answer flow has a pair that is not unlocked yet.
+    "carol": ProfileInput(
+        display_name="Carol",
+        bio="Ceramicist who restores old bicycles.",
+        prompts=[
+            PromptPair("My ideal Sunday", "Throwing bowls on the wheel all morning, then a swim in the sea"),
+            PromptPair("A fact that surprises people", "I grew up on a houseboat on the Thames"),
+            PromptPair("I'm looking for", "Someone patient who likes making things with their hands"),
+        ],
+        consent_preferences=[
+            ConsentPreference("pace", "I prefer a few weeks of messages before meeting"),
+            ConsentPreference("contact", "Messages only, no voice notes please"),
+            ConsentPreference("first date", "Somewhere quiet where we can talk, like a cafe"),
+        ],
+        locale="en",
+    ),
 }

@@ -127,7 +127,9 @@ class CreateConnectionKey:
         if retry_at is not None:
             raise ServiceError(
                 ErrorCode.RATE_LIMITED,
-                "Take a moment before trying this quiz again.",
+                f"Take a moment before trying this quiz again: try again in {wait} seconds."
+                if (wait := max(1, int((retry_at - now).total_seconds() + 0.999))) <= 120
+                else f"Take a moment before trying this quiz again: try again at {retry_at:%H:%M:%S} UTC.",
                 retryAfter=max(1, int((retry_at - now).total_seconds() + 0.999)),
                 retryAvailableAt=retry_at.isoformat(),
             )

@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from app.auth import JwtVerifier
@@ -131,6 +133,19 @@ def test_readme_walkthrough_against_a_real_server(tmp_path: Path) -> None:
         while _http("POST", f"{base}/graphql", bob_token, query)["data"]["conversation"]["unlockState"] != "UNLOCKED":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+        # The wrong-answer flow needs a pair not yet unlocked: alice and carol.
+        body = json.dumps({"targetUserId": ids["carol"]}).encode()
+        key = _http("POST", f"{base}/connection-keys", token, body)
+        answers = run("answer-sheet", "--wrong", "-", stdin=json.dumps(key))
+        result = _http("POST", f"{base}/connection-keys/{key['id']}/responses", token, answers.encode())
+        assert result["passed"] is False and result["unlockState"] == "RETRY_AVAILABLE", result
+        assert result["retryAvailableAt"] and result["feedback"]
+        with pytest.raises(urllib.error.HTTPError) as refused:  # within retry.cooldown_seconds
+            _http("POST", f"{base}/connection-keys", token, body)
+        problem = json.loads(refused.value.read())
+        assert refused.value.code == 429 and problem["code"] == "RATE_LIMITED"
+        assert f"try again in {problem['retryAfter']} seconds" in problem["detail"], problem
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)
@@ -141,3 +156,25 @@ def test_readme_walkthrough_against_a_real_server(tmp_path: Path) -> None:
     assert lines and all(line["timestamp"].endswith("Z") for line in lines)
     assert all("request_id" in line for line in lines if line["event"] in ("request", "quiz submitted"))
     assert token not in stderr and ids["bob"] not in stderr
+
+
+@pytest.mark.parametrize("command", [["-m", "app"], ["-m", "litestar", "--app", "app:create_app", "run"]])
+def test_a_busy_port_stops_start_up_at_once(command: list[str], tmp_path: Path) -> None:
+    """A second server on the same port fails naming it, before migrating or loading the model."""
+    database = tmp_path / "never.sqlite3"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, *command, "--port", str(port)],
+            cwd=tmp_path,  # var/models would be built here if the lifespan ran
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "CK_DATABASE__URL": f"sqlite:///{database}"},
+        )
+    assert result.returncode != 0
+    assert f"port {port}" in result.stderr + result.stdout, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "migrations" not in result.stderr
+    assert not database.exists() and not (tmp_path / "var").exists()
