@@ -9,6 +9,7 @@ earlier one of its conversation is published or dead-lettered.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -94,6 +95,40 @@ def _engine_is_sqlite() -> bool:
 async def _run(sql: str, *args: Any) -> list[dict[str, Any]]:
     # Identifiers are constants of this module; values are bound parameters.
     return await ConnectionKeyEvent._meta.db.run_querystring(QueryString(sql, *args))
+
+
+PRUNE_BATCH = 500
+"""Rows one pruning statement deletes at most (one short write each)."""
+
+
+async def _delete_in_batches(table: str, key: str, condition: str, before: datetime, batch_size: int) -> int:
+    """Delete the rows of ``table`` matching ``condition`` (one ``{}``: ``before``), ``batch_size`` at a
+    time, each batch in a write of its own; returns how many went, counted by the database (no
+    ``RETURNING`` of every row). ``table``, ``key`` and ``condition`` are this module's constants."""
+    delete = (
+        f'DELETE FROM "{table}" WHERE "{key}" IN '  # noqa: S608 - constants; values are bound
+        f'(SELECT "{key}" FROM "{table}" WHERE {condition} LIMIT {{}})'
+    )
+    total = 0
+    while True:
+        if _engine_is_sqlite():
+            db = ConnectionKeyEvent._meta.db
+            outer = db.current_transaction.get()
+            try:
+                async with db.transaction():  # the writer's connection, so changes() counts this DELETE
+                    await _run(delete, before, batch_size)
+                    deleted = (await _run('SELECT changes() AS "n"'))[0]["n"]
+            finally:
+                if db.current_transaction.get() is not outer:
+                    db.current_transaction.set(outer)
+        else:
+            counted = f'WITH d AS ({delete} RETURNING 1) SELECT count(*) AS "n" FROM d'  # noqa: S608 - as above
+            rows = await _run(counted, before, batch_size)
+            deleted = rows[0]["n"]
+        total += int(deleted)
+        if deleted < batch_size:
+            return total
+        await asyncio.sleep(0)  # let waiting writes in between batches
 
 
 class OutboxStore:
@@ -200,34 +235,50 @@ class OutboxStore:
         return await ConnectionKeyEvent.count().where(ConnectionKeyEvent.dead_lettered_at.is_not_null()).run()
 
     async def orphans(self, older_than: datetime, now: datetime, limit: int) -> list[dict[str, Any]]:
-        """Unpublished rows that occurred before ``older_than`` and that nobody holds now (never leased,
-        or leased by an instance that died or stalled): what the reconciler republishes."""
-        t = ConnectionKeyEvent
-        return (
-            await t.select(t.sequence, t.event_id, t.event_type, t.aggregate_id, t.lease_owner)
-            .where(
-                t.published_at.is_null()
-                & (t.occurred_at < older_than)
-                & (t.lease_until.is_null() | (t.lease_until <= now))
-            )
-            .order_by(t.sequence)
-            .limit(limit)
-            .run()
+        """Unpublished rows that occurred before ``older_than``, that nobody holds now (never leased, or
+        leased by an instance that died or stalled) and that are next in line for their conversation
+        (a row behind an unpublished one waits for it, held or not): what the reconciler republishes."""
+        return await _run(
+            """SELECT e."sequence", e."event_id", e."event_type", e."aggregate_id", e."lease_owner"
+            FROM "connection_key_events" e
+            WHERE e."published_at" IS NULL AND e."occurred_at" < {}
+              AND (e."lease_until" IS NULL OR e."lease_until" <= {})
+              AND NOT EXISTS (
+                SELECT 1 FROM "connection_key_events" p
+                WHERE p."aggregate_id" = e."aggregate_id" AND p."published_at" IS NULL
+                  AND p."sequence" < e."sequence")
+            ORDER BY e."sequence" LIMIT {}""",
+            older_than,
+            now,
+            limit,
         )
 
-    async def prune(self, before: datetime) -> tuple[int, int]:
-        """Delete events published (or dead-lettered) and processed-event records older than ``before``;
-        returns how many of each. Unpublished events are never pruned."""
-        events = await (
-            ConnectionKeyEvent.delete()
-            .where(ConnectionKeyEvent.published_at.is_not_null() & (ConnectionKeyEvent.published_at < before))
-            .returning(ConnectionKeyEvent.sequence)
+    async def published_among(self, sequences: Sequence[int]) -> set[int]:
+        """Which of the rows are published now (dead-lettered rows are not)."""
+        if not sequences:
+            return set()
+        t = ConnectionKeyEvent
+        rows = await (
+            t.select(t.sequence)
+            .where(t.sequence.is_in(list(sequences)) & t.published_at.is_not_null() & t.dead_lettered_at.is_null())
             .run()
         )
-        processed = await (
-            ProcessedEvent.delete().where(ProcessedEvent.processed_at < before).returning(ProcessedEvent.id).run()
+        return {row["sequence"] for row in rows}
+
+    async def prune(self, before: datetime, batch_size: int = PRUNE_BATCH) -> tuple[int, int]:
+        """Delete events published (or dead-lettered) and processed-event records older than ``before``;
+        returns how many of each. Unpublished events are never pruned. In batches of ``batch_size``,
+        each its own short write, so a large backlog (the first run after an upgrade) never holds the
+        writer (SQLite's only one) for long: request writes take turns with it."""
+        events = await _delete_in_batches(
+            "connection_key_events",
+            "sequence",
+            '"published_at" IS NOT NULL AND "published_at" < {}',
+            before,
+            batch_size,
         )
-        return len(events), len(processed)
+        processed = await _delete_in_batches("processed_events", "id", '"processed_at" < {}', before, batch_size)
+        return events, processed
 
     async def unpublished(self, limit: int) -> list[OutboxRow]:
         """The oldest unpublished events, in commit order."""

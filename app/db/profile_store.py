@@ -10,8 +10,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from piccolo.querystring import QueryString
 
-from app.db.tables import Conversation, ConversationRequesterState, Profile, UserDataKey, requester_state_id
+from app.db.tables import (
+    Conversation,
+    ConversationRequesterState,
+    ModerationDecision,
+    Profile,
+    UserDataKey,
+    requester_state_id,
+)
 from app.domain.field_crypto import KeyDestroyedError, Keyring
+from app.domain.moderation_rules import OverrideDecision
 from app.domain.quiz import ConsentPreference, ProfileInput, PromptPair, TargetProfile, UnlockState
 from app.domain.requester_state import RequesterState
 
@@ -243,10 +251,30 @@ class ProfileStore:
         row = await t.select().where(t.id == requester_state_id(conversation_id, requester_id)).first().run()
         return _requester_state(row) if row else None
 
+    async def moderation_history(
+        self, ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, list[tuple[OverrideDecision, datetime]]]:
+        """Each conversation's moderator decisions (what and when), for
+        :func:`app.domain.moderation_rules.lock_covers`; conversations without any are absent."""
+        if not ids:
+            return {}
+        t = ModerationDecision
+        rows = await (
+            t.select(t.conversation_id, t.decision, t.decided_at).where(t.conversation_id.is_in(sorted(ids))).run()
+        )
+        history: dict[uuid.UUID, list[tuple[OverrideDecision, datetime]]] = {}
+        for row in rows:
+            history.setdefault(uuid.UUID(str(row["conversation_id"])), []).append(
+                (OverrideDecision(row["decision"]), row["decided_at"])
+            )
+        return history
+
     async def passed_but_locked(self, submitted_before: datetime, limit: int) -> list[dict[str, Any]]:
         """Passed attempts submitted before ``submitted_before`` whose conversation is still not UNLOCKED,
-        with no moderator's lock on it and no LOCK decided since the attempt: unlocks that were lost.
-        Oldest first; each row has the attempt's ids, score and ``submitted_at``."""
+        with no moderator's lock on it and no LOCK covering the attempt (the SQL form of
+        :func:`app.domain.moderation_rules.lock_covers`: no LOCK decided at or after it, nor one decided
+        before it and not lifted by then): unlocks that were lost. Oldest first; each row has the
+        attempt's ids, score and ``submitted_at``."""
         return await Conversation._meta.db.run_querystring(
             QueryString(
                 """SELECT a."id", a."connection_key_id", a."conversation_id", a."requester_id", a."target_id",
@@ -257,7 +285,10 @@ class ProfileStore:
                   AND NOT EXISTS (
                     SELECT 1 FROM "moderation_decisions" d
                     WHERE d."conversation_id" = a."conversation_id" AND d."decision" = 'LOCK'
-                      AND d."decided_at" >= a."submitted_at")
+                      AND NOT EXISTS (
+                        SELECT 1 FROM "moderation_decisions" l
+                        WHERE l."conversation_id" = d."conversation_id" AND l."decision" <> 'LOCK'
+                          AND l."decided_at" > d."decided_at" AND l."decided_at" <= a."submitted_at"))
                 ORDER BY a."submitted_at" LIMIT {}""",
                 True,
                 submitted_before,

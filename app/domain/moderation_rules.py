@@ -9,9 +9,11 @@ The decisions:
 ``LOCK``
     Revokes an unlock (for example one won by prompt injection): UNLOCKED becomes LOCKED, the only way
     an unlock is ever undone, and the conversation stays under the moderator's lock: no new quiz for
-    the pair (create answers FORBIDDEN) and a pass arriving later (an attempt in flight, a redelivered
-    event, the reconciler) does not unlock, until a moderator lifts the lock with ``UNLOCK`` or
-    ``ALLOW_RETRY``. A conversation that is not unlocked: nothing changes.
+    the pair (create answers FORBIDDEN), the pair's open quizzes are superseded and no quiz is submitted
+    (FORBIDDEN), and a pass arriving later (an attempt in flight, a redelivered event, the reconciler)
+    does not unlock, until a moderator lifts the lock with ``UNLOCK`` or ``ALLOW_RETRY``. A pass the
+    lock covers (:func:`lock_covers`) never unlocks, even after the lift. A conversation that is not
+    unlocked: nothing changes.
 ``ALLOW_RETRY``
     Excuses this failed attempt: it no longer counts towards the cooldown or the daily limit, so the
     requester may try again as soon as their other failures allow (usually at once), and is told so.
@@ -48,6 +50,7 @@ __all__ = [
     "decide_override",
     "decode_cursor",
     "encode_cursor",
+    "lock_covers",
     "utc_in_range",
 ]
 
@@ -114,6 +117,18 @@ def decide_override(
     recent = [f for f in other_failures if f > now - WINDOW]
     state = UnlockState.COOLDOWN if len(recent) >= policy.max_attempts_per_day else UnlockState.RETRY_AVAILABLE
     return OverrideOutcome(state, may_start_attempt(recent, now, policy) or now, changed=True)
+
+
+def lock_covers(decisions: Sequence[tuple[OverrideDecision, datetime]], submitted_at: datetime) -> bool:
+    """Whether a moderator's LOCK covers a pass submitted at ``submitted_at``, given the conversation's
+    decisions (any order): a LOCK decided at or after it (the pass was revoked), or one decided before it
+    and not lifted (UNLOCK or ALLOW_RETRY) by the time it was submitted (it was taken under the lock).
+    Such a pass never unlocks, even once the lock is lifted; only a moderator's UNLOCK does."""
+    lifts = [at for decision, at in decisions if decision is not OverrideDecision.LOCK]
+    return any(
+        decision is OverrideDecision.LOCK and not any(locked_at < lifted <= submitted_at for lifted in lifts)
+        for decision, locked_at in decisions
+    )
 
 
 def clean_reason(text: str, max_chars: int) -> str:

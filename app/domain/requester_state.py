@@ -55,6 +55,10 @@ class CompletedOutcome(Struct, frozen=True):
     state: UnlockState
     retry_available_at: datetime | None
     unlock: bool
+    own_state: UnlockState | None = None
+    """The requester's own state to record, where it differs from ``state`` (``None``: ``state``): a
+    failure during a moderator's lock is reported LOCKED, and its cooldown kept for after the lift."""
+    own_retry_available_at: datetime | None = None
 
 
 def apply_completed(
@@ -63,14 +67,22 @@ def apply_completed(
     passed: bool,
     decided: UnlockState,
     retry_available_at: datetime | None,
+    *,
+    pass_revoked: bool = False,
 ) -> CompletedOutcome:
     """The effect of one completed attempt. UNLOCKED is final (a late failure never locks again); a
-    pass while a moderator's lock holds does not unlock (the requester sees LOCKED); a failure only
-    sets the requester's own retry state."""
+    pass while a moderator's lock holds, or one the lock covers though it has been lifted since
+    (``pass_revoked``: see :func:`app.domain.moderation_rules.lock_covers`), does not unlock (the
+    requester sees LOCKED); a failure only sets the requester's own retry state, and while a moderator's
+    lock holds it is reported LOCKED: nobody may retry until a moderator lifts the lock."""
     if conversation_state is UnlockState.UNLOCKED:
         return CompletedOutcome(UnlockState.UNLOCKED, None, unlock=False)
     if passed or decided is UnlockState.UNLOCKED:
-        if moderation_locked:
+        if moderation_locked or pass_revoked:
             return CompletedOutcome(UnlockState.LOCKED, None, unlock=False)
         return CompletedOutcome(UnlockState.UNLOCKED, None, unlock=True)
+    if moderation_locked:
+        return CompletedOutcome(
+            UnlockState.LOCKED, None, unlock=False, own_state=decided, own_retry_available_at=retry_available_at
+        )
     return CompletedOutcome(decided, retry_available_at, unlock=False)

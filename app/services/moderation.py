@@ -435,6 +435,11 @@ class ModerationService:
                 conversation.id, conversation.unlock_state, data.decision, decision_id, now
             ):
                 raise ServiceError(ErrorCode.CONFLICT, "The conversation changed meanwhile; look again and retry.")
+            if data.decision is OverrideDecision.LOCK:
+                # A quiz issued before the lock, in either direction, is never answered: submits are refused
+                # while the lock holds, and after the lift the pair starts afresh (a new quiz).
+                for participant in conversation.participant_ids:
+                    await self._keys.supersede_open_keys(participant, conversation.id)
             if data.decision is OverrideDecision.ALLOW_RETRY:
                 await self._profiles.set_requester_states(
                     [

@@ -3,11 +3,13 @@
 Every ``outbox.reconcile_interval_seconds`` it
 
 1. applies passed attempts whose unlock was never applied (conversation not UNLOCKED, no moderator's
-   lock, no LOCK decided since the attempt, submitted more than ``republish_after_seconds`` ago), through
+   lock, no LOCK covering the attempt: none decided since it, nor one in force when it was submitted;
+   submitted more than ``republish_after_seconds`` ago), through
    the unlock orchestrator with an event id derived from the attempt, so it is applied once however
    often it runs and a late original event changes nothing;
 2. republishes outbox rows still unpublished after ``republish_after_seconds`` that nobody holds (never
-   picked up, or leased by an instance that died): gives their leases back and drains them now;
+   picked up, or leased by an instance that died) and that are next in line for their conversation:
+   gives their leases back, drains them now, and reports those that were published;
 3. prunes published events and processed-event ids older than ``retention_days``.
 
 It logs what it fixed (counts and ids, never personal data). Every instance may run it: each step is
@@ -152,6 +154,9 @@ class Reconciler:
         orphans = await self._outbox.orphans(older_than, now, _BATCH)
         if not orphans:
             return []
-        await self._outbox.release_expired([row["sequence"] for row in orphans], now)
+        sequences = [row["sequence"] for row in orphans]
+        await self._outbox.release_expired(sequences, now)
         await self._relay.drain()
-        return [uuid.UUID(str(row["event_id"])) for row in orphans]
+        # Only what did go out: a row may fail again (held for its backoff) or be dead-lettered.
+        published = await self._outbox.published_among(sequences)
+        return [uuid.UUID(str(row["event_id"])) for row in orphans if row["sequence"] in published]

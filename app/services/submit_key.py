@@ -121,6 +121,19 @@ class SubmitConnectionKey:
             raise ServiceError(ErrorCode.PAYLOAD_INVALID, "The signed payload does not match its quiz.")
         return row
 
+    async def _refuse_moderation_locked(self, row: KeyRow) -> None:
+        """FORBIDDEN while a moderator's lock holds on the key's conversation (before anything is
+        scored or recorded): a quiz issued before the lock is not answered under it. The LOCK also
+        supersedes the pair's open keys, so a submit that raced it is refused when the key is claimed."""
+        try:
+            conversation = await self._deps.profiles.get_conversation(row.conversation_id)
+        except Exception as exc:
+            if is_database_outage(exc):
+                raise DatabaseUnavailable(retry_after=self._deps.settings.database.busy_retry_after_seconds) from exc
+            raise
+        if conversation is not None and conversation.moderation_locked_at is not None:
+            raise ServiceError(ErrorCode.FORBIDDEN, "A moderator has locked this conversation; this quiz is closed.")
+
     @staticmethod
     def _refuse_closed(status: str) -> None:
         if status == KeyStatus.SUPERSEDED:
@@ -255,6 +268,7 @@ class SubmitConnectionKey:
         digest = deps.signer.request_digest(data.signed_payload, canonical_submission(caller_id, data.answers))
         if row.status == KeyStatus.SUBMITTED:
             return await self._recorded(row.id, digest)
+        await self._refuse_moderation_locked(row)
         self._refuse_closed(row.status)  # superseded, revoked: refused before any scorer runs
         quiz = await self._load(claims)
         answers = self._answers(quiz, claims, data.answers)

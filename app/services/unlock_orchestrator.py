@@ -17,6 +17,7 @@ from app.db.engine import Database
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.profile_store import ProfileStore
 from app.domain.events import ConversationStatusChanged, EventEnvelope, EventType, QuizCompleted, decode_payload
+from app.domain.moderation_rules import lock_covers
 from app.domain.quiz import UnlockState
 from app.domain.requester_state import RequesterState, apply_completed
 
@@ -90,6 +91,16 @@ class UnlockOrchestrator:
                 {event.conversation_id for envelope, event in events if envelope.event_id in fresh}
             )
             shared = {cid: record.unlock_state for cid, record in conversations.items()}
+            # A pass under a moderator's lock that has been lifted since never unlocks (lock_covers): the
+            # decisions are read only for conversations such a pass could still unlock.
+            unlockable = {
+                cid
+                for cid, r in conversations.items()
+                if r.unlock_state is not UnlockState.UNLOCKED and r.moderation_locked_at is None
+            }
+            history = await self._profiles.moderation_history(
+                {e.conversation_id for envelope, e in events if envelope.event_id in fresh and e.passed} & unlockable
+            )
             appended, own_states = [], {}
             for envelope, event in events:
                 if envelope.event_id not in fresh:
@@ -107,6 +118,7 @@ class UnlockOrchestrator:
                     event.passed,
                     event.unlock_state,
                     event.retry_available_at,
+                    pass_revoked=lock_covers(history.get(event.conversation_id, ()), event.completed_at),
                 )
                 state = outcome.state
                 if outcome.unlock and not await self._profiles.unlock_conversation(event.conversation_id, now):
@@ -114,11 +126,16 @@ class UnlockOrchestrator:
                 if state is UnlockState.UNLOCKED:
                     shared[event.conversation_id] = UnlockState.UNLOCKED
                 else:
+                    own, own_retry_at = (
+                        (outcome.own_state, outcome.own_retry_available_at)
+                        if outcome.own_state is not None
+                        else (state, outcome.retry_available_at)
+                    )
                     own_states[(event.conversation_id, event.requester_id)] = RequesterState(
                         conversation_id=event.conversation_id,
                         requester_id=event.requester_id,
-                        unlock_state=state,
-                        retry_available_at=outcome.retry_available_at,
+                        unlock_state=own,
+                        retry_available_at=own_retry_at,
                         attempt_id=event.attempt_id,
                         updated_at=now,
                     )
@@ -132,7 +149,8 @@ class UnlockOrchestrator:
                     updated_at=now,
                     requester_id=event.requester_id,
                 )
-                # An unlocked conversation stays quiet; every failure tells the requester when to retry.
+                # An unlocked conversation stays quiet; every failure tells the requester when to retry,
+                # except under a moderator's lock (reported LOCKED, which has no event: no "retry now").
                 if state in _STATE_EVENTS and (state is not current or state is not UnlockState.UNLOCKED):
                     appended.append(new_envelope(_STATE_EVENTS[state], event.conversation_id, status, now))
                 statuses.append(status)

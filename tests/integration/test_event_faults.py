@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 import pytest
@@ -15,10 +15,18 @@ import pytest
 from app.adapters.event_bus import MemoryEventBus
 from app.api.graphql.resolvers import viewer_state
 from app.api.graphql.types import ConnectionKeyStatus
+from app.db.engine import Database
 from app.db.key_store import AttemptRow
 from app.db.outbox_store import OutboxStore, new_envelope
 from app.db.profile_store import ProfileStore
-from app.db.tables import ConnectionKeyEvent, Conversation, ProcessedEvent, utcnow
+from app.db.tables import (
+    ConnectionKeyEvent,
+    Conversation,
+    ConversationRequesterState,
+    ProcessedEvent,
+    requester_state_id,
+    utcnow,
+)
 from app.domain.events import ConversationStatusChanged, EventType, QuizCompleted
 from app.domain.quiz import UnlockState
 from app.domain.scoring import QuestionOutcome
@@ -27,6 +35,7 @@ from app.services.outbox_relay import OutboxRelay
 from app.services.reconciler import Reconciler, repair_event_id
 from app.settings import Settings
 from tests.integration.test_outbox_relay import Clock
+from tests.security.test_encryption_upgrade import _insert, _migrate
 
 pytestmark = pytest.mark.asyncio
 
@@ -201,8 +210,11 @@ async def test_a_lease_left_by_a_dead_instance_is_taken_after_it_runs_out(settin
         assert await relay.drain() == 1 and delivered == [event.event_id]
 
 
-async def insert_passed_attempt(services: Services, conversation_id: uuid.UUID, requester: uuid.UUID) -> AttemptRow:
-    submitted = utcnow() - timedelta(minutes=10)
+async def insert_passed_attempt(
+    services: Services, conversation_id: uuid.UUID, requester: uuid.UUID, submitted: datetime | None = None
+) -> AttemptRow:
+    """A passed attempt as the writer stores it (submitted ten minutes ago unless ``submitted``)."""
+    submitted = submitted or utcnow() - timedelta(minutes=10)
     outcome = QuestionOutcome(str(uuid.uuid4()), "CONSENT", "rule.choice", "1.0.0", 1.0, True)  # type: ignore[arg-type]
     row = AttemptRow(
         id=uuid.uuid4(),
@@ -281,3 +293,152 @@ async def test_the_reconciler_repairs_a_lost_unlock_republishes_an_orphan_and_pr
         remaining = await ConnectionKeyEvent.select(ConnectionKeyEvent.event_id).run()
         assert [r["event_id"] for r in remaining] == [kept.event_id]
         assert await ProcessedEvent.count().run() == 0
+
+
+async def test_a_failure_under_a_moderators_lock_is_reported_locked_with_no_retry_event(settings: Settings) -> None:
+    async with open_services(settings, background=False) as services:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        conversation = await services.profile_store.get_or_create_conversation(a, b, utcnow())
+        await lock_by_moderator(conversation.id)
+        until = utcnow() + timedelta(minutes=5)
+        # An attempt in flight when the lock came: create answers FORBIDDEN now, so no "you may retry".
+        status = await apply(
+            services, conversation.id, completed(conversation.id, b, UnlockState.RETRY_AVAILABLE, retry_at=until)
+        )
+        assert (status.unlock_state, status.retry_available_at) == (UnlockState.LOCKED, None)
+        events = await ConnectionKeyEvent.select(ConnectionKeyEvent.event_type).run()
+        assert [e["event_type"] for e in events] == [], events  # no RETRY_AVAILABLE for notifications
+        record = await services.profile_store.get_conversation(conversation.id)
+        assert record is not None
+        assert (await viewer_state(services.profile_store, record, b)).unlock_state is UnlockState.LOCKED
+        # The requester's own retry time is kept, for when a moderator lifts the lock.
+        own = await services.profile_store.requester_state(conversation.id, b)
+        assert own is not None and (own.unlock_state, own.retry_available_at) == (UnlockState.RETRY_AVAILABLE, until)
+
+
+async def test_the_reconciler_reports_only_what_it_published(settings: Settings) -> None:
+    async with open_services(settings, background=False) as services:
+        outbox, long_ago = OutboxStore(), utcnow() - timedelta(minutes=10)
+        held_cid, orphan_cid = uuid.uuid4(), uuid.uuid4()
+        held, behind = (
+            new_envelope(
+                EventType.QUIZ_COMPLETED, held_cid, completed(held_cid, uuid.uuid4(), UnlockState.LOCKED), long_ago
+            )
+            for _ in range(2)
+        )
+        orphan = new_envelope(
+            EventType.QUIZ_COMPLETED, orphan_cid, completed(orphan_cid, uuid.uuid4(), UnlockState.LOCKED), long_ago
+        )
+        async with services.db.transaction():
+            await outbox.append([held, behind, orphan])
+        # A live instance holds the head of one conversation (the row behind it was never leased); the
+        # other conversation's row was leased by an instance that died.
+        leased = await outbox.lease("live-instance", utcnow(), utcnow() + timedelta(minutes=5), 1)
+        assert [row.event_id for row in leased] == [held.event_id]
+        await outbox.lease("dead-instance", long_ago, long_ago + timedelta(seconds=30), 10)
+        delivered: list[uuid.UUID] = []
+
+        async def handle(envelopes: list) -> None:
+            delivered.extend(e.event_id for e in envelopes)
+
+        bus = MemoryEventBus()
+        bus.subscribe("consumer", handle)
+        relay = OutboxRelay(outbox, bus, utcnow)
+        reconciler = Reconciler(
+            settings.outbox, outbox, services.profile_store, services.orchestrator, relay, services.clock
+        )
+        report = await reconciler.run_once()
+        assert delivered == [orphan.event_id]
+        assert report.republished_events == [orphan.event_id]  # not the row waiting behind the held one
+
+
+async def test_pruning_goes_in_batches_and_counts_what_it_deleted(settings: Settings) -> None:
+    async with open_services(settings, background=False) as services:
+        outbox, cid = OutboxStore(), uuid.uuid4()
+        old = utcnow() - timedelta(days=settings.outbox.retention_days + 1)
+        envelopes = [
+            new_envelope(EventType.QUIZ_COMPLETED, cid, completed(cid, uuid.uuid4(), UnlockState.LOCKED), old)
+            for _ in range(7)
+        ]
+        async with services.db.transaction():
+            await outbox.append(envelopes)
+            await outbox.record_processed_many("consumer", [e.event_id for e in envelopes[:5]], old)
+        await outbox.mark_published([row.sequence for row in await outbox.unpublished(10)][:6], old)
+        cutoff = utcnow() - timedelta(days=settings.outbox.retention_days)
+        assert await outbox.prune(cutoff, batch_size=2) == (6, 5)  # 3 + 3 batches, each its own write
+        remaining = await ConnectionKeyEvent.select(ConnectionKeyEvent.event_id).run()
+        assert [r["event_id"] for r in remaining] == [envelopes[6].event_id]  # unpublished: kept
+        assert await ProcessedEvent.count().run() == 0
+        assert await outbox.prune(cutoff, batch_size=2) == (0, 0)
+
+
+BEFORE_REQUESTER_STATES = "2026-12-03T17:00:01:000000"
+
+
+async def test_the_upgrade_keeps_each_cooldown_as_its_requesters_own_state(settings: Settings) -> None:
+    """Migration 2026-12-03T17:00:02 moves RETRY_AVAILABLE/COOLDOWN off the conversation row: the latest
+    attempt's requester keeps the state and its retry time."""
+    db = Database(settings.database)
+    await db.start()
+    try:
+        await _migrate(db, BEFORE_REQUESTER_STATES)
+        a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        cooling, free = uuid.uuid4(), uuid.uuid4()
+        now = utcnow()
+        until = now + timedelta(hours=20)
+        for cid, state, low, high in ((cooling, "COOLDOWN", a, b), (free, "LOCKED", a, c)):
+            await _insert(
+                "conversations",
+                {
+                    "id": cid,
+                    "pair_key": f"{low}:{high}",
+                    "participant_low": low,
+                    "participant_high": high,
+                    "unlock_state": state,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        latest = uuid.uuid4()
+        for attempt_id, requester, submitted, retry_at in (
+            (uuid.uuid4(), b, now - timedelta(hours=2), now - timedelta(hours=1)),  # b's, older
+            (latest, a, now - timedelta(minutes=1), until),  # a's failure put the pair in COOLDOWN
+        ):
+            await _insert(
+                "connection_key_attempts",
+                {
+                    "id": attempt_id,
+                    "connection_key_id": uuid.uuid4(),
+                    "conversation_id": cooling,
+                    "requester_id": requester,
+                    "target_id": a if requester == b else b,
+                    "responses": "[]",
+                    "score": 0.2,
+                    "passed": False,
+                    "breakdown": "[]",
+                    "shadow_breakdown": "[]",
+                    "experiments": "{}",
+                    "feedback": "[]",
+                    "unlock_state": "COOLDOWN",
+                    "retry_available_at": retry_at,
+                    "started_at": submitted - timedelta(minutes=1),
+                    "submitted_at": submitted,
+                },
+            )
+        await _migrate(db, "all")
+        rows = await ConversationRequesterState.select().run()
+        assert len(rows) == 1, rows
+        state = rows[0]
+        assert (uuid.UUID(str(state["id"])), uuid.UUID(str(state["requester_id"]))) == (
+            requester_state_id(cooling, a),
+            a,
+        )
+        assert (state["unlock_state"], state["retry_available_at"], uuid.UUID(str(state["attempt_id"]))) == (
+            "COOLDOWN",
+            until,
+            latest,
+        )
+        shared = {r["id"]: r["unlock_state"] for r in await Conversation.select().run()}
+        assert {uuid.UUID(str(k)): v for k, v in shared.items()} == {cooling: "LOCKED", free: "LOCKED"}
+    finally:
+        await db.stop()
