@@ -1,15 +1,19 @@
 """Typed settings: ``litestar.toml`` overlaid with ``CK_<SECTION>__<KEY>`` environment variables.
 
-One msgspec Struct per subsystem. Unknown keys and wrong types stop start-up with a message that
-names the offending key, because a typo in production config must never silently fall back to a
-default.
+One msgspec Struct per subsystem, each checking its own fields together in ``__post_init__`` (msgspec
+then reports the section's location). Unknown keys, wrong types, bad combinations and ``CK_`` variables
+that match no setting stop start-up with a message that names the offending key and where its value
+came from (environment variable or file key), because a typo in production config must never silently
+fall back to a default.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import os
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +72,7 @@ class ServerSettings(_Section):
     max_body_bytes: PositiveInt = 64 * 1024
     """Largest accepted request body; larger bodies get 413 before any parsing."""
     graphql_path: str = "/graphql"
+    """Where the GraphQL endpoint (and GraphiQL in development) is served."""
     ws_connection_init_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
     """How long a new WebSocket may stay silent before ``connection_init`` (then close 4408)."""
     ws_keep_alive_seconds: Annotated[float, Meta(gt=0, le=300)] = 15.0
@@ -77,7 +82,6 @@ class ServerSettings(_Section):
     ws_send_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
     """A subscriber whose socket takes longer to accept a message is closed (1013): slow readers cannot
     hold server memory."""
-    """Where the GraphQL endpoint (and GraphiQL in development) is served."""
 
 
 class DatabaseSettings(_Section):
@@ -112,6 +116,12 @@ class DatabaseSettings(_Section):
     """``/ready`` reports the database not ready when a trivial read or an empty write transaction (on
     SQLite: in line for the writer) takes longer than this: a stuck write path answers 503 in time."""
 
+    def __post_init__(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise SettingsError("database.pool_min_size is larger than database.pool_max_size")
+        if not self.url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise SettingsError("database.url must start with sqlite:// or postgresql://")
+
 
 class AuthSettings(_Section):
     """Supabase JWT verification."""
@@ -137,6 +147,10 @@ class AuthSettings(_Section):
     service_role: str = "service_role"
     """``role`` claim value that marks backend integrations allowed to act for other users."""
 
+    def __post_init__(self) -> None:
+        if len(self.jwt_secret) < 32:
+            raise SettingsError("auth.jwt_secret must be at least 32 characters")
+
 
 class SigningSettings(_Section):
     """HMAC signing of quiz payloads."""
@@ -153,6 +167,18 @@ class SigningSettings(_Section):
     """Key id -> when it stopped verifying (UTC, e.g. ``2026-12-01T00:00:00Z``). Payloads signed with a key
     are refused from that moment, even unexpired ones: to rotate, make another key active and retire the old
     one ``ttl_seconds`` later; to revoke a leaked key, retire it now. The active key cannot be retired."""
+
+    def __post_init__(self) -> None:
+        if self.active_key_id not in self.keys:
+            raise SettingsError(f"signing.active_key_id `{self.active_key_id}` is not in signing.keys")
+        for kid, secret in self.keys.items():
+            if len(secret) < 32:
+                raise SettingsError(f"signing.keys.{kid} must be at least 32 characters")
+        for kid in self.retired_keys:
+            if kid not in self.keys:
+                raise SettingsError(f"signing.retired_keys.{kid} is not in signing.keys")
+            if kid == self.active_key_id:
+                raise SettingsError(f"signing.retired_keys.{kid} is the active key")
 
 
 class QuizSettings(_Section):
@@ -220,6 +246,15 @@ class ScoringSettings(_Section):
     fallback (the submission was not recorded and may be sent again as it is)."""
     consent_must_all_pass: bool = True
     """Fail the attempt when any consent item is missed, whatever the total."""
+
+    def __post_init__(self) -> None:
+        live_kinds = [e.kind for e in self.experiments if e.enabled]
+        for kind in sorted(set(live_kinds)):
+            if live_kinds.count(kind) > 1:
+                raise SettingsError(f"scoring.experiments: more than one enabled experiment for {kind}")
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise SettingsError("scoring.experiments: experiment names must be unique")
 
 
 class RetrySettings(_Section):
@@ -324,6 +359,7 @@ class RedisSettings(_Section):
     """While Redis is unreachable: ``open`` lets requests through unlimited, ``closed`` refuses them with
     RATE_LIMITED and ``retryAfter`` = ``rate_limit_closed_retry_after_seconds``."""
     rate_limit_closed_retry_after_seconds: Annotated[float, Meta(gt=0)] = 1.0
+    """``retryAfter`` of the RATE_LIMITED answer given while Redis is unreachable and limits fail closed."""
     claim_failure: Literal["open", "closed"] = "open"
     """Single-use claims (a replayed payload is refused before scoring) while Redis is unreachable: ``open``
     claims per instance (the default: the database enforces single use either way, so only the early
@@ -342,6 +378,7 @@ class KafkaSettings(_Section):
     dead_letter_topic: str = ""
     """Events a consumer could not read or apply after ``max_attempts``; empty means ``<topic>.dlq``."""
     client_id: str = "connection-key"
+    """Client id the producer and consumers report to the broker (its logs and quotas name it)."""
     group_prefix: str = ""
     """Prepended to the consumer group names (``unlock``, ``push-notifications``): environments sharing
     a cluster keep their own offsets."""
@@ -361,35 +398,33 @@ class KafkaSettings(_Section):
     """Longest a consumer fetch waits on the broker when there is nothing new. Kafka answers as soon as
     data arrives; a broker that does not (Tansu appeared not to: bench/RESULTS.md) adds up to this much per event."""
     session_timeout_ms: Annotated[int, Meta(ge=1000)] = 10_000
+    """A consumer silent this long is dropped from its group and its partitions go to the others."""
     heartbeat_interval_ms: Annotated[int, Meta(ge=100)] = 3_000
+    """How often a consumer tells its group it is alive; well below ``session_timeout_ms``."""
 
 
 class NotificationSettings(_Section):
-    """Push notifications on unlock and on retry available (``[notifications]``).
-
-    Attributes:
-        enabled: ``false`` sends nothing (devices can still register).
-        max_attempts: sends per message, the first included; retryable outcomes are retried until then.
-        backoff_base_seconds: wait before the first retry; it doubles per retry, plus random jitter of
-            up to the same amount.
-        max_backoff_seconds: cap on any single wait. A ``Retry-After`` longer than this ends the retries.
-        send_timeout_seconds: limit on one notifier ``send`` call; past it its messages count as retryable.
-        max_in_flight: status changes being delivered in the background at once; more are dropped (logged
-            and counted), so a push outage cannot pile up tasks.
-        max_devices_per_user: registering more removes the user's least recently registered devices.
-        ttl_seconds: how long push services keep trying to reach an offline device.
-        drain_seconds: at shutdown, how long in-flight deliveries may finish before they are cancelled.
-    """
+    """Push notifications on unlock and on retry available (``[notifications]``)."""
 
     enabled: bool = True
+    """``false`` sends nothing (devices can still register)."""
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 4
+    """Sends per message, the first included; retryable outcomes are retried until then."""
     backoff_base_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.5
+    """Wait before the first retry; it doubles per retry, plus random jitter of up to the same amount."""
     max_backoff_seconds: Annotated[float, Meta(ge=0, le=600)] = 30.0
+    """Cap on any single wait. A ``Retry-After`` longer than this ends the retries."""
     send_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    """Limit on one notifier ``send`` call; past it its messages count as retryable."""
     max_in_flight: Annotated[int, Meta(ge=1)] = 256
+    """Status changes being delivered in the background at once; more are dropped (logged and counted),
+    so a push outage cannot pile up tasks."""
     max_devices_per_user: Annotated[int, Meta(ge=1, le=100)] = 10
+    """Registering more removes the user's least recently registered devices."""
     ttl_seconds: Annotated[int, Meta(ge=0, le=2_419_200)] = 86_400
+    """How long push services keep trying to reach an offline device."""
     drain_seconds: Annotated[float, Meta(ge=0, le=60)] = 5.0
+    """At shutdown, how long in-flight deliveries may finish before they are cancelled."""
     notifiers: list[str] | None = None
     """Notifier entry points to load (``connection_key.notifiers``: ``fcm``, ``apns``); unset loads all.
     Each registers only when its ``[plugins.config.<name>]`` table is filled in."""
@@ -425,6 +460,19 @@ class EncryptionSettings(_Section):
     ``refuse`` treats it as tampering (someone with write access planting plaintext). Set ``refuse``
     once ``ck keys status`` reports no legacy plaintext left, and on every new installation."""
 
+    def __post_init__(self) -> None:
+        # Every KEK (``keys`` and ``key_file``) must decode to 32 bytes and the active one must exist.
+        from app.services.key_encryption_keys import KeyMaterialError, load_kek_material
+
+        try:
+            material = load_kek_material(self)
+        except KeyMaterialError as exc:
+            raise SettingsError(f"encryption: {exc}") from None
+        if self.active_key_id not in material:
+            raise SettingsError(
+                f"encryption.active_key_id `{self.active_key_id}` is not in encryption.keys or key_file"
+            )
+
 
 class AuditSettings(_Section):
     """``[audit]``: the hash-chained audit log and its sealed-segment export (issue 5)."""
@@ -453,6 +501,14 @@ class AuditSettings(_Section):
     verify_batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     """Entries read per query when verifying or exporting the chain."""
 
+    def __post_init__(self) -> None:
+        if self.retention_days < 365:
+            raise SettingsError("audit.retention_days must be at least 365 (audit segments are kept a year)")
+        if len(self.digest_key) < 32:
+            raise SettingsError("audit.digest_key must be at least 32 characters")
+        if self.export_interval_seconds and not self.s3_bucket:
+            raise SettingsError("audit.export_interval_seconds is set but audit.s3_bucket is empty")
+
 
 class ModerationSettings(_Section):
     """``[moderation]``: who counts as a moderator and what the moderation API allows (issue 5)."""
@@ -470,6 +526,12 @@ class ModerationSettings(_Section):
     """Largest ``limit`` a caller may ask for."""
     max_reason_chars: Annotated[int, Meta(ge=10, le=10_000)] = 2000
     """Longest reason an override may carry (it is stored, never logged)."""
+
+    def __post_init__(self) -> None:
+        if any(not part.strip() for part in self.roles_claim.split(".")):
+            raise SettingsError("moderation.roles_claim must be a dotted claim path without empty parts")
+        if self.page_size > self.max_page_size:
+            raise SettingsError("moderation.page_size is larger than moderation.max_page_size")
 
 
 class GraphQLSettings(_Section):
@@ -559,9 +621,28 @@ def _env_value(section: str, key: str, raw: str) -> Any:
     return raw
 
 
-def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+# Variables are matched on the exact name, never a prefix: a typo in any other CK_ name stops start-up.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        SETTINGS_FILE_ENV,  # which settings file to read
+        "CK_LLM_API_KEY",  # the LLM rubric's API key: the default of plugins.config.llm_rubric.api_key_env
+        "CK_TEST_POSTGRES_URL",  # the test suite's externally run servers (tests/conftest.py, bench/chaos.py)
+        "CK_TEST_REDIS_URL",
+        "CK_TEST_KAFKA_BOOTSTRAP",
+        "CK_TEST_KAFKA_IDEMPOTENT",
+        "CK_TEST_CHROMIUM",  # the browser tests' chromium binary
+    }
+)
+"""``CK_`` variables read directly (``os.environ``) rather than through settings: allowed beside the
+``CK_<SECTION>__<KEY>`` ones. Add a name here when code starts reading one."""
+
+# Where each value came from, by settings path: the environment variable's name, or None for the file.
+_Origins = dict[tuple[str, ...], str | None]
+
+
+def _overlay_env(data: dict[str, Any], environ: dict[str, str], origins: _Origins) -> dict[str, Any]:
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == SETTINGS_FILE_ENV or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_VARIABLES or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].partition("__")
         section, key = section.lower(), key.lower()
@@ -569,6 +650,7 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise SettingsError(f"settings key `{section}` is not a section (from {name})")
+        origins[(section, key, *path)] = name
         if path:
             # Deeper paths address one entry of a table field (plugin settings): a plain string that
             # the owner converts against its own schema.
@@ -587,93 +669,122 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     return data
 
 
-def _validate_encryption(settings: Settings) -> None:
-    """Checks of ``[encryption]``: every KEK (``keys`` and ``key_file``) decodes to 32 bytes, the active
-    one exists, and production holds no development key."""
-    from app.services.key_encryption_keys import KeyMaterialError, load_kek_material
+def _named_by_plugins(data: dict[str, Any]) -> set[str]:
+    """Variables a plugin is told to read (``api_key_env = "CK_..."``): allowed like the built-in names."""
+    config = data.get("plugins", {}).get("config", {}) if isinstance(data.get("plugins"), dict) else {}
+    return {
+        value
+        for table in (config.values() if isinstance(config, dict) else ())
+        if isinstance(table, dict)
+        for key, value in table.items()
+        if key.endswith("_env") and isinstance(value, str)
+    }
 
-    try:
-        material = load_kek_material(settings.encryption)
-    except KeyMaterialError as exc:
-        raise SettingsError(f"encryption: {exc}") from None
-    if settings.encryption.active_key_id not in material:
-        raise SettingsError(
-            f"encryption.active_key_id `{settings.encryption.active_key_id}` is not in encryption.keys or key_file"
-        )
+
+def _unknown_variables(environ: dict[str, str], data: dict[str, Any]) -> list[str]:
+    """One line per ``CK_`` variable that matches no setting (``CK_DATABASE_URL``, ``CK_DATABSE__URL``):
+    such a typo would otherwise leave the default in force without a word."""
+    sections = {field.name: field.type for field in msgspec.structs.fields(Settings)}
+    known = {f"{ENV_PREFIX}{s}__{k}".upper() for s, t in sections.items() for k in t.__struct_fields__}
+    allowed = NON_SETTING_VARIABLES | _named_by_plugins(data)
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in allowed:
+            continue
+        section, separator, rest = name[len(ENV_PREFIX) :].lower().partition("__")
+        key = rest.split("__")[0]
+        if not separator:
+            problem = f"{name} names no setting (settings variables are CK_<SECTION>__<KEY>, two underscores)"
+        elif section not in sections:
+            problem = f"{name}: there is no settings section `{section}`"
+        elif key not in sections[section].__struct_fields__:
+            problem = f"{name}: `{section}.{key}` is no setting"
+        else:
+            continue
+        guess = difflib.get_close_matches(f"{ENV_PREFIX}{section}__{key}".upper(), known, n=1, cutoff=0.8)
+        if not guess and not separator:
+            guess = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+        problems.append(problem + (f"; did you mean {guess[0]}?" if guess else ""))
+    return problems
+
+
+def _file_origins(data: dict[str, Any]) -> _Origins:
+    origins: _Origins = {}
+    for section, value in data.items():
+        if isinstance(value, dict):
+            origins.update({(section, key): None for key in value})
+        else:
+            origins[(section,)] = None
+    return origins
+
+
+_LOCATION = re.compile(r"`\$([^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+
+
+def _sources(message: str, origins: _Origins, file: Path) -> str:
+    """Where the value behind a msgspec error came from: ``environment variable CK_...`` or the file
+    and key. An error at a whole section (its ``__post_init__``) names every source that set a key in it."""
+    match = _LOCATION.search(message)
+    if match is None:
+        return ""
+    path = tuple(part for part in match.group(1).split("[", 1)[0].split(".") if part)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        path += (unknown.group(1),)
+    covering = [p for p in origins if path[: len(p)] == p]
+    if covering:
+        chosen = [max(covering, key=len)]
+    elif path:
+        chosen = sorted(p for p in origins if p[: len(path)] == path)
+    else:
+        chosen = []
+    variables = [origins[p] for p in chosen if origins[p] is not None]
+    in_file = [p for p in chosen if origins[p] is None]
+    parts = [f"environment variable {name}" for name in variables]
+    if len(in_file) == 1:
+        parts.append(f"`{'.'.join(in_file[0])}` in {file}")
+    elif in_file:
+        parts.append(f"`[{'.'.join(path)}]` in {file}")
+    return f" (from {' and '.join(parts)})" if parts else ""
+
+
+def _validate(settings: Settings) -> None:
+    """Checks that need two sections: production (``server.environment``) refuses the development
+    defaults of the others. A section's ``__post_init__`` cannot see ``[server]``, and a whole
+    ``Settings`` stays constructible in production so tests can build one piece by piece; so these run
+    here, when settings are loaded for real."""
+    if settings.server.environment != "production":
+        return
+    defaults = Settings()
+    if settings.auth.jwt_secret == defaults.auth.jwt_secret:
+        raise SettingsError("auth.jwt_secret still has the development default in production")
+    if set(settings.signing.keys.values()) & set(defaults.signing.keys.values()):
+        raise SettingsError("signing.keys still holds the development default in production")
+    _validate_encryption(settings)
+    _validate_audit(settings)
+
+
+def _validate_encryption(settings: Settings) -> None:
+    """Production holds no development KEK (in ``keys`` or ``key_file``)."""
+    from app.services.key_encryption_keys import load_kek_material
+
     if settings.server.environment == "production" and DEV_ENCRYPTION_KEY.encode() in {
-        base64.b64encode(secret) for secret in material.values()
+        base64.b64encode(secret) for secret in load_kek_material(settings.encryption).values()
     }:
         raise SettingsError("encryption.keys still holds the development default in production")
 
 
 def _validate_audit(settings: Settings) -> None:
-    """Checks of ``[audit]`` (owned by the audit-log work)."""
-    audit = settings.audit
-    if audit.retention_days < 365:
-        raise SettingsError("audit.retention_days must be at least 365 (audit segments are kept a year)")
-    if len(audit.digest_key) < 32:
-        raise SettingsError("audit.digest_key must be at least 32 characters")
-    if settings.server.environment == "production" and audit.digest_key == AuditSettings().digest_key:
+    """Production does not keep the development audit digest key."""
+    if settings.server.environment == "production" and settings.audit.digest_key == AuditSettings().digest_key:
         raise SettingsError("audit.digest_key still has the development default in production")
-    if audit.export_interval_seconds and not audit.s3_bucket:
-        raise SettingsError("audit.export_interval_seconds is set but audit.s3_bucket is empty")
-
-
-def _validate_moderation(settings: Settings) -> None:
-    """Checks of ``[moderation]``."""
-    moderation = settings.moderation
-    if any(not part.strip() for part in moderation.roles_claim.split(".")):
-        raise SettingsError("moderation.roles_claim must be a dotted claim path without empty parts")
-    if moderation.page_size > moderation.max_page_size:
-        raise SettingsError("moderation.page_size is larger than moderation.max_page_size")
-
-
-def _validate_signing_retirement(settings: Settings) -> None:
-    """Retired signing keys must be known keys, and never the one that signs new payloads."""
-    signing = settings.signing
-    for kid in signing.retired_keys:
-        if kid not in signing.keys:
-            raise SettingsError(f"signing.retired_keys.{kid} is not in signing.keys")
-        if kid == signing.active_key_id:
-            raise SettingsError(f"signing.retired_keys.{kid} is the active key")
-
-
-def _validate(settings: Settings) -> None:
-    signing = settings.signing
-    if signing.active_key_id not in signing.keys:
-        raise SettingsError(f"signing.active_key_id `{signing.active_key_id}` is not in signing.keys")
-    for kid, secret in signing.keys.items():
-        if len(secret) < 32:
-            raise SettingsError(f"signing.keys.{kid} must be at least 32 characters")
-    if len(settings.auth.jwt_secret) < 32:
-        raise SettingsError("auth.jwt_secret must be at least 32 characters")
-    if settings.server.environment == "production":
-        defaults = Settings()
-        if settings.auth.jwt_secret == defaults.auth.jwt_secret:
-            raise SettingsError("auth.jwt_secret still has the development default in production")
-        if set(signing.keys.values()) & set(defaults.signing.keys.values()):
-            raise SettingsError("signing.keys still holds the development default in production")
-    if settings.database.pool_min_size > settings.database.pool_max_size:
-        raise SettingsError("database.pool_min_size is larger than database.pool_max_size")
-    if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise SettingsError("database.url must start with sqlite:// or postgresql://")
-    live_kinds = [e.kind for e in settings.scoring.experiments if e.enabled]
-    for kind in set(live_kinds):
-        if live_kinds.count(kind) > 1:
-            raise SettingsError(f"scoring.experiments: more than one enabled experiment for {kind}")
-    names = [e.name for e in settings.scoring.experiments]
-    if len(set(names)) != len(names):
-        raise SettingsError("scoring.experiments: experiment names must be unique")
-    # The sections added for issue 5 check themselves, after the core checks above.
-    _validate_signing_retirement(settings)
-    _validate_encryption(settings)
-    _validate_audit(settings)
-    _validate_moderation(settings)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Read the TOML file (``CK_SETTINGS_FILE`` or ``./litestar.toml``; absent is fine), overlay
-    ``CK_<SECTION>__<KEY>`` variables and validate. Raises :class:`SettingsError` naming the key."""
+    ``CK_<SECTION>__<KEY>`` variables and validate. Raises :class:`SettingsError` naming the key and
+    where its value came from (the environment variable, or the file)."""
     environ = dict(os.environ if environ is None else environ)
     file = Path(path or environ.get(SETTINGS_FILE_ENV) or DEFAULT_SETTINGS_FILE)
     data: dict[str, Any] = {}
@@ -684,10 +795,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str,
             raise SettingsError(f"{file}: {exc}") from exc
     elif path is not None or SETTINGS_FILE_ENV in environ:
         raise SettingsError(f"settings file {file} does not exist")
-    data = _overlay_env(data, environ)
+    origins = _file_origins(data)
+    data = _overlay_env(data, environ, origins)
+    if unknown := _unknown_variables(environ, data):
+        raise SettingsError("environment variables that match no setting: " + "; ".join(unknown))
     try:
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid settings in {file} or CK_* environment: {exc}") from exc
+        raise SettingsError(f"invalid settings: {exc}{_sources(str(exc), origins, file)}") from exc
     _validate(settings)
     return settings

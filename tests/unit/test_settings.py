@@ -104,8 +104,9 @@ def test_unrelated_environment_variables_are_ignored(tmp_path: Path) -> None:
         write(tmp_path, ""),
         environ={
             "HOME": "/root",
-            "CK_NO_DOUBLE_UNDERSCORE": "1",  # no section separator: not a settings variable
             "XCK_QUIZ__LOCALE": "de",  # wrong prefix
+            "ck_quiz__locale": "de",  # the prefix is case-sensitive
+            "CK_TEST_POSTGRES_URL": "postgresql://u@h/db",  # read by the test suite, not a setting
             "PATH": "/usr/bin",
         },
     )
