@@ -115,6 +115,10 @@ class DatabaseSettings(_Section):
     ready_timeout_seconds: Annotated[float, Meta(gt=0, le=60)] = 2.0
     """``/ready`` reports the database not ready when a trivial read or an empty write transaction (on
     SQLite: in line for the writer) takes longer than this: a stuck write path answers 503 in time."""
+    statement_timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    """PostgreSQL: longest wait for one statement's answer, COMMIT included (asyncpg's ``command_timeout``);
+    then UNAVAILABLE, and a COMMIT that timed out discards its connection. Without it a black-holed link
+    holds the pool slot until TCP gives up (about 15 minutes). Keep it above the slowest real statement."""
 
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:

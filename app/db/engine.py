@@ -50,10 +50,13 @@ def engine_from_url(settings: DatabaseSettings) -> Engine:
             readers_query_only=True,
         )
     return OwnedPostgresEngine(
-        config={"dsn": settings.url},
+        # command_timeout bounds every statement's wait for an answer (a black-holed link otherwise holds
+        # the connection until TCP gives up); the engine bounds COMMIT with the same limit.
+        config={"dsn": settings.url, "command_timeout": settings.statement_timeout_seconds},
         acquire_timeout=settings.acquire_timeout_seconds,
         begin_timeout=settings.begin_timeout_seconds,
         retry_after=settings.busy_retry_after_seconds,
+        statement_timeout=settings.statement_timeout_seconds,
     )
 
 

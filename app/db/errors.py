@@ -3,6 +3,8 @@ Retry-After (a typed 503), never a 500 and never the user's fault."""
 
 from __future__ import annotations
 
+import errno
+import socket
 import sqlite3
 
 import asyncpg.exceptions
@@ -21,10 +23,17 @@ class DatabaseUnavailable(ServiceError):
 
 # Errors that mean "the database is unreachable or busy right now", not "this request or event is bad":
 # edges answer UNAVAILABLE and consumers retry instead of dead-lettering. ``DatabaseUnavailable`` is among
-# them, so code catching this tuple keeps retrying what the engine has already translated.
+# them, so code catching this tuple keeps retrying what the engine has already translated. Of the OSErrors
+# only a lost or refused connection, a name that does not resolve and a timeout (asyncpg's pool acquire
+# and ``command_timeout`` raise a bare ``TimeoutError``) count: a missing file or a permission error is a
+# bug or a bad deployment, which must surface as one (a 500 with its traceback, a dead-lettered event),
+# not be retried forever.
 DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     DatabaseUnavailable,
-    OSError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    socket.herror,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
@@ -37,17 +46,46 @@ DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# A driver's socket error that is not a ConnectionError subclass: an unreachable host or network.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ENOTCONN,
+        errno.ESHUTDOWN,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ENETRESET,
+    }
+)
+
+
 def is_database_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is the database being busy or away."""
+    """Whether ``exc`` (or what it was raised from) is the database being busy or away.
+
+    The chain is followed as Python prints it: ``__cause__``, else ``__context__`` unless the raiser
+    suppressed it (``raise ... from None`` says the error is not about what was being handled)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, DATABASE_OUTAGE_ERRORS):
             return True
+        if isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS:
+            return True
         if isinstance(current, sqlite3.OperationalError) and _sqlite_busy(current):
             return True
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            current = current.__context__
     return False
 
 

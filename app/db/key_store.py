@@ -398,6 +398,19 @@ class KeyStore:
         )
         return {row["id"] for row in rows}
 
+    async def supersede_keys(self, key_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Close each still-ISSUED key of ``key_ids`` as SUPERSEDED (by id: never a newer key of the pair
+        issued meanwhile); returns the ids this call closed."""
+        if not key_ids:
+            return set()
+        rows = (
+            await ConnectionKey.update({ConnectionKey.status: KeyStatus.SUPERSEDED})
+            .where(ConnectionKey.id.is_in(list(key_ids)) & (ConnectionKey.status == KeyStatus.ISSUED))
+            .returning(ConnectionKey.id)
+            .run()
+        )
+        return {row["id"] for row in rows}
+
     async def statuses(self, key_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         """Current status of each existing key among ``key_ids``."""
         if not key_ids:

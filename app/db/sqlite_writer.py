@@ -87,7 +87,9 @@ class SQLiteWriter:
         self._held_since = asyncio.get_running_loop().time()
         try:
             if self._connection is None:
-                self._connection = await run_uninterrupted(self._connect())
+                # A caller cancelled meanwhile gets no connection: close it (its thread would otherwise
+                # keep running, unreferenced, and hold the process open at exit).
+                self._connection = await run_uninterrupted(self._connect(), on_abandoned=_close_quietly)
         except BaseException as exc:
             self._unlock()
             if isinstance(exc, Exception) and is_database_outage(exc):
@@ -129,8 +131,11 @@ class SQLiteWriter:
         try:
             return await run_uninterrupted(_fetch_all(connection, query, args))
         except Exception as exc:
+            # A plain statement error (a constraint, a syntax error) leaves the connection fine; anything
+            # else (closed under us: ``ValueError: no active connection``, I/O, a lost file) replaces it,
+            # or every later single-statement write would fail the same way.
+            discard = not _still_usable(exc)
             if is_database_outage(exc):
-                discard = not _still_usable(exc)
                 raise unavailable_from(exc, self.retry_after) from exc
             raise
         finally:
@@ -169,9 +174,18 @@ async def _fetch_all(connection: aiosqlite.Connection, query: str, args: list[An
 
 
 def _still_usable(exc: BaseException) -> bool:
-    """A busy or locked answer leaves the connection fine; I/O errors and a missing file do not."""
+    """Whether the connection can serve the next write after ``exc``: yes after a statement's own error
+    (a constraint, a syntax error, a busy or locked answer); no after I/O errors, a missing or damaged
+    file, or a connection that is closed or broken (then often not an ``sqlite3.Error`` at all)."""
     text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+    if isinstance(exc, sqlite3.OperationalError):
+        return not any(sign in text for sign in _BROKEN)
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return True
+    return isinstance(exc, sqlite3.ProgrammingError) and "closed" not in text
+
+
+_BROKEN = ("disk i/o", "unable to open", "malformed", "not a database", "readonly database")
 
 
 async def _close_quietly(connection: aiosqlite.Connection) -> None:

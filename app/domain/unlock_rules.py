@@ -11,6 +11,7 @@ from app.domain.quiz import UnlockState
 
 __all__ = [
     "WINDOW",
+    "RecordRefusal",
     "RetryPolicy",
     "UnlockDecision",
     "decide_after_attempt",
@@ -71,12 +72,23 @@ def may_start_attempt(failures: Sequence[datetime], now: datetime, policy: Retry
     return max(waits) if waits else None
 
 
+class RecordRefusal(Struct, frozen=True):
+    """Why the attempt writer refuses an attempt (nothing is recorded)."""
+
+    retry_at: datetime
+    """When the requester may start a new quiz (never before the check's ``now``)."""
+    final: bool
+    """The requester may start a new quiz now, so waiting will not help: the quiz was refused at its
+    issue time, which never changes, and failures are never removed, so its key can never be recorded.
+    The writer then closes the key and answers "start a new quiz" instead of a Retry-After that would
+    come round forever."""
+
+
 def may_record_attempt(
     failures: Sequence[datetime], issued_at: datetime, now: datetime, policy: RetryPolicy
-) -> datetime | None:
+) -> RecordRefusal | None:
     """The policy as the attempt writer checks it, in the transaction that records the attempt:
-    ``None`` when the attempt may be recorded, else when the requester may start a new quiz (never
-    before ``now``).
+    ``None`` when the attempt may be recorded, else a :class:`RecordRefusal`.
 
     An attempt starts when its quiz is issued, so the check is made at ``issued_at``, not at ``now``:
     a quiz issued during a cooldown (its create raced a failure recorded meanwhile) stays refused even
@@ -85,7 +97,10 @@ def may_record_attempt(
     included (none should exist, since a new key supersedes the open one; if one does, it counts)."""
     if may_start_attempt(failures, issued_at, policy) is None:
         return None
-    return max(may_start_attempt(failures, now, policy) or now, now)
+    wait = may_start_attempt(failures, now, policy)
+    if wait is None:
+        return RecordRefusal(now, final=True)
+    return RecordRefusal(wait, final=False)
 
 
 def next_conversation_state(current: UnlockState, decision: UnlockDecision) -> UnlockState:

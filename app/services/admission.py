@@ -4,10 +4,9 @@ slow down together.
 
 Applied around the create and submit use cases where :func:`app.services.container.open_services`
 builds them (:class:`Admitted`), so each edge (REST, GraphQL over HTTP and WebSocket) is covered once.
-The gate sits in front of the whole use case: its rate limits and input checks run inside it. They are
-cheap next to scoring, and a refused request costs less than a rate-limit round trip; under overload a
-client may therefore see ``UNAVAILABLE`` where a quiet service would have said ``RATE_LIMITED`` or
-``BAD_USER_INPUT``: both ask it to come back later, and neither records anything.
+A use case's cheap refusals (its ``precheck``: signature, rate limits, self-target) run before the
+gate: a flood of requests refused there (one client over its rate limit) never holds a slot or a place
+in line, so it cannot make the gate refuse everyone else.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import structlog
 from msgspec import Struct
@@ -26,7 +25,7 @@ from app.domain.admission import ServiceTime, decide, observe, retry_after_secon
 from app.errors import ErrorCode, ServiceError
 from app.settings import AdmissionSettings
 
-__all__ = ["AdmissionGate", "AdmissionState", "Admitted"]
+__all__ = ["AdmissionGate", "AdmissionState", "Admitted", "PrecheckedUseCase"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +54,10 @@ class AdmissionGate:
     A newcomer is refused at once when its expected wait (:func:`app.domain.admission.expected_wait`)
     exceeds ``max_wait_seconds`` or the line already holds ``max_queued``; a waiter still in line when
     its wait reaches ``max_wait_seconds`` is refused then (the estimate was wrong). A waiter that is cancelled
-    (client gone) leaves the line; a slot handed to it in the same instant is passed on. Only work that
-    completes (the ``async with`` body returns) feeds the service-time average: a cancelled or failed
-    request says little about how long real work takes.
+    (client gone) leaves the line; a slot handed to it in the same instant is passed on. Every admission
+    that completes, returning or raising, feeds the service-time average with how long it held its slot
+    (that is what the next in line waits for); a cancelled one (client gone) does not, having stopped at
+    an arbitrary point.
     """
 
     def __init__(
@@ -170,20 +170,52 @@ class AdmissionGate:
         started = self._clock()
         try:
             yield
-        except BaseException:
-            self._release()
+        except Exception:
+            self._observe(started)
             raise
+        finally:
+            self._release()
+        self._observe(started)
+
+    def _observe(self, started: float) -> None:
         self._service = observe(self._service, max(0.0, self._clock() - started), self._alpha)
-        self._release()
+
+
+class PrecheckedUseCase(Protocol[P, R]):
+    """A use case split in two: ``__call__`` is ``precheck`` then ``run``, with the same arguments."""
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    async def precheck(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """The cheap refusals (no scoring, no database): raise to refuse."""
+
+    async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The rest of the work, once ``precheck`` has passed."""
 
 
 class Admitted(Generic[P, R]):
-    """A use case behind a gate: the same call, run only once :meth:`AdmissionGate.admit` lets it in."""
+    """A use case behind a gate: its ``precheck`` (when it has one) runs first, outside the gate; the
+    rest runs only once :meth:`AdmissionGate.admit` lets it in. A use case without ``precheck`` runs
+    whole inside the gate."""
 
-    def __init__(self, use_case: Callable[P, Awaitable[R]], gate: AdmissionGate) -> None:
+    def __init__(self, use_case: Callable[P, Awaitable[R]] | PrecheckedUseCase[P, R], gate: AdmissionGate) -> None:
         self.use_case = use_case
         self.gate = gate
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        use_case = self.use_case
+        if not isinstance(use_case, _Prechecked):
+            async with self.gate.admit():
+                return await use_case(*args, **kwargs)
+        await use_case.precheck(*args, **kwargs)
         async with self.gate.admit():
-            return await self.use_case(*args, **kwargs)
+            return await use_case.run(*args, **kwargs)
+
+
+@runtime_checkable
+class _Prechecked(Protocol):
+    """What :class:`Admitted` looks for (``isinstance`` cannot take a generic protocol)."""
+
+    def precheck(self, *args: Any, **kwargs: Any) -> Awaitable[None]: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...

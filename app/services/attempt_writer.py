@@ -37,7 +37,14 @@ from app.domain.contract import AnswerInput
 from app.domain.events import EventType, QuizCompleted
 from app.domain.quiz import IssuedQuiz
 from app.domain.scoring import QuestionOutcome, Verdict
-from app.domain.unlock_rules import WINDOW, RetryPolicy, UnlockDecision, decide_after_attempt, may_record_attempt
+from app.domain.unlock_rules import (
+    WINDOW,
+    RecordRefusal,
+    RetryPolicy,
+    UnlockDecision,
+    decide_after_attempt,
+    may_record_attempt,
+)
 from app.errors import ErrorCode, ServiceError
 from app.services.audit import AuditLog
 
@@ -67,6 +74,12 @@ _PARTICIPANT_LEFT = "A participant of this quiz has left Connection Key."
 
 def _replayed() -> ServiceError:
     return ServiceError(ErrorCode.PAYLOAD_REPLAYED, "This quiz has already been submitted.")
+
+
+def _spent() -> ServiceError:
+    return ServiceError(
+        ErrorCode.CONFLICT, "This quiz can no longer be answered under the retry policy; start a new quiz."
+    )
 
 
 def _rate_limited(retry_at: datetime, now: datetime) -> ServiceError:
@@ -188,9 +201,10 @@ class AttemptWriter:
 
     async def write(self, pending: PendingAttempt) -> UnlockDecision:
         """Claim the key, store the attempt and its QUIZ_COMPLETED event; raises PAYLOAD_REPLAYED or
-        CONFLICT when the key was already submitted or superseded, RATE_LIMITED when the retry policy
-        refuses the attempt (nothing recorded), UNAVAILABLE when the queue is full, the database is away
-        or the attempt holds a value that cannot be stored (nothing recorded)."""
+        CONFLICT when the key was already submitted or superseded, RATE_LIMITED (with the true wait) when
+        the retry policy refuses the attempt for now, CONFLICT (and the key closed) when it refuses it for
+        good while a new quiz may start at once (nothing recorded either way), UNAVAILABLE when the queue
+        is full, the database is away or the attempt holds a value that cannot be stored (nothing recorded)."""
         if len(self._waiting) >= self._max_waiting:
             raise self._unavailable("Submissions are queued up; try again shortly.")
         try:
@@ -272,19 +286,25 @@ class AttemptWriter:
             since = min((quiz.issued_at for quiz in quizzes), default=now) - WINDOW
             history = await self._keys.recent_failures_many(pairs, since) if pairs else {}
             allowed: list[uuid.UUID] = []
-            held_back: dict[uuid.UUID, datetime] = {}
+            held_back: dict[uuid.UUID, RecordRefusal] = {}
             for key, index in candidates.items():
                 pending = batch[index].pending
                 failures = history.setdefault((pending.quiz.requester_id, pending.quiz.conversation_id), [])
-                retry_at = may_record_attempt(failures, pending.quiz.issued_at, now, self._policy)
-                if retry_at is not None:
-                    held_back[key] = retry_at
+                refusal = may_record_attempt(failures, pending.quiz.issued_at, now, self._policy)
+                if refusal is not None:
+                    held_back[key] = refusal
                     continue
                 allowed.append(key)
                 if not pending.verdict.passed:
                     failures.append(now)  # counts for a later attempt of the pair in this batch
+            # A refusal that waiting cannot lift closes its key here, in this transaction: the client is
+            # told to start a new quiz instead of being asked to come back, again and again, for a key that
+            # can never be recorded. By id, so a newer key of the pair stays open.
+            spent = await self._keys.supersede_keys([key for key, refusal in held_back.items() if refusal.final])
             claimed = await self._keys.claim_many(allowed, now)
-            raced = [key for key in allowed if key not in claimed]  # another instance claimed it meanwhile
+            # Another instance claimed (or closed) these keys meanwhile: their status now says why.
+            raced = [key for key in allowed if key not in claimed]
+            raced += [key for key, refusal in held_back.items() if refusal.final and key not in spent]
             if raced:
                 current.update(await self._keys.statuses(raced))
             winners = [batch[i] for key, i in first_for_key.items() if key in claimed]
@@ -323,8 +343,10 @@ class AttemptWriter:
                 outcomes.append(_replayed())  # the same payload twice in one batch: the first one counts
             elif key in decisions:
                 outcomes.append(decisions[key])
-            elif key in held_back:
-                outcomes.append(_rate_limited(held_back[key], now))  # nothing recorded, the key stays open
+            elif key in spent:
+                outcomes.append(_spent())  # nothing recorded, the key is closed
+            elif key in held_back and not held_back[key].final:
+                outcomes.append(_rate_limited(held_back[key].retry_at, now))  # nothing recorded, the key stays open
             else:
                 outcomes.append(_lost(current.get(key)))
         return outcomes

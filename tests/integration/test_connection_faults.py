@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +32,12 @@ from app.settings import Settings
 from tests.cancellation import CancellationRun, cancel_at_every_step
 from tests.conftest import make_settings
 from tests.integration.conftest import Api
-from tests.integration.test_database_outage import _through_proxy, postgres_proxy, postgres_url  # noqa: F401
+from tests.integration.test_database_outage import (  # noqa: F401 - fixtures
+    _proxy_target,
+    _through_proxy,
+    postgres_proxy,
+    postgres_url,
+)
 from tests.tcp_proxy import TcpProxy
 from tests.ws_client import TRANSPORT_WS, GraphQLWebSocket, serve_app
 
@@ -226,6 +232,115 @@ async def test_transactions_cancelled_while_blocked_in_postgresql_free_their_slo
     await insert_three(db, 300)
     assert await stored(300) == 3 and all([await stored(200 + n) == 0 for n in range(POOL_MAX + 2)])
     await all_slots_free(db)
+
+
+class BlackHoleProxy:
+    """A TCP proxy whose links can be made to swallow every byte, both ways, while staying open: a
+    black-holed route, where nothing fails and nothing answers (the client's kernel sees its bytes taken,
+    so only a timeout of its own ends the wait). It runs its own loop in a thread, as Piccolo's engine
+    blocks the test's loop once when it is built."""
+
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
+        self.port = 0
+        self.swallowing = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="black-hole", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def __enter__(self) -> BlackHoleProxy:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if isinstance(self.target, str):
+            up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.update((writer, up_writer))
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, up_writer)),
+            asyncio.ensure_future(self._pump(up_reader, writer)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for end in (writer, up_writer):
+                end.transport.abort()
+                self._writers.discard(end)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self.swallowing:
+                    writer.write(data)
+                    await writer.drain()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_statements_and_commits_on_a_black_holed_link_are_bounded_and_free_their_slots(
+    postgres_url: str,  # noqa: F811 - the fixture
+) -> None:
+    """The route to PostgreSQL swallows everything: a COMMIT (more times than the pool has slots) and a
+    statement in a transaction's body each answer within ``statement_timeout_seconds`` (plus the bounded
+    rollback), typed as an outage, instead of holding their slot until TCP gives up (~15 minutes: the
+    clean-up cannot be cancelled). Afterwards every slot serves again."""
+    with BlackHoleProxy(_proxy_target(postgres_url)) as proxy:
+        url = _through_proxy(postgres_url, proxy.port)
+        limits = {**FAST, "statement_timeout_seconds": 1.0, "pool_min_size": 1, "pool_max_size": POOL_MAX}
+        db = Database(make_settings(url, database=limits).database)
+        await db.start()
+        FaultRow._meta.db = db.engine
+        try:
+            await FaultRow.create_table(if_not_exists=True).run()
+            for attempt in range(POOL_MAX + 1):
+                started = time.monotonic()
+                with pytest.raises(DatabaseUnavailable):
+                    async with db.transaction():
+                        await FaultRow.insert(FaultRow(batch=400 + attempt, n=0)).run()
+                        proxy.swallowing = True  # the COMMIT goes into the hole
+                proxy.swallowing = False
+                assert time.monotonic() - started < 4, "the COMMIT waited past its timeout"
+
+            started = time.monotonic()
+            with pytest.raises(Exception) as failed:
+                async with db.transaction():
+                    proxy.swallowing = True
+                    await FaultRow.insert(FaultRow(batch=410, n=0)).run()
+            proxy.swallowing = False
+            assert is_database_outage(failed.value), failed.value
+            assert time.monotonic() - started < 4, "the statement waited past its timeout"
+
+            await insert_three(db, 411)
+            assert await stored(411) == 3
+            await all_slots_free(db)
+        finally:
+            proxy.swallowing = False
+            await db.stop()
 
 
 # -- black box: the app ----------------------------------------------------------------------------------

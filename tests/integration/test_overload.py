@@ -34,10 +34,14 @@ class SlowScorer:
 
     def __init__(self) -> None:
         self.batches = 0
+        self.hold: asyncio.Event | None = None
+        """When set to an event, every batch also waits for it (a model that is stuck for now)."""
 
     async def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
         self.batches += 1
         await asyncio.sleep(SERVICE_SECONDS)
+        if self.hold is not None:
+            await self.hold.wait()
         return [ScoreResult(question_id=r.question_id, score=1.0) for r in batch]
 
 
@@ -153,6 +157,47 @@ async def test_a_flood_of_submits_is_shed_with_typed_unavailable_and_the_accepte
     assert await ConnectionKeyAttempt.count().run() == 1 + len(accepted) + 3
     assert api.services.submit_key.gate.state().in_flight == 0  # type: ignore[attr-defined]
     assert api.services.submit_key.gate.state().queued == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_rate_limited_submits_does_not_make_a_normal_users_unavailable(
+    api_factory: Start, database_url: str, slow_scorer: SlowScorer
+) -> None:
+    """Both slots are busy scoring; one client over its rate limit floods the service with submits. They
+    are refused RATE_LIMITED before the admission gate, taking no place in its line, so a normal user's
+    submit waits its turn and is scored: it is not refused UNAVAILABLE because of someone else's flood."""
+    settings = overload_settings(database_url)
+    limits = {"enabled": True, "submit_per_user_per_minute": 1, "submit_per_ip_per_minute": 10_000}
+    admission = {"concurrency": 2, "max_wait_seconds": 0.5, "ewma_alpha": 1.0}
+    api = await api_factory(
+        make_settings(database_url, **{**_sections(settings), "rate_limit": limits, "admission": admission})
+    )
+    keys = await _keys(api, 5)
+    (warm, warm_payload), (flooder, flood_payload), normal, *busy = keys
+    assert (await _submit(api, warm, warm_payload, rest=False))[0] == "ok"  # teaches the gate S = 0.2 s
+    assert (await _submit(api, flooder, flood_payload, rest=False))[0] == "ok"  # spends the flooder's limit
+
+    slow_scorer.hold = asyncio.Event()
+    scoring = slow_scorer.batches
+    running = [asyncio.create_task(_submit(api, r, p, rest=False)) for r, p in busy]
+    async with asyncio.timeout(10):
+        while slow_scorer.batches < scoring + 2:  # noqa: ASYNC110 - the scorer's state
+            await asyncio.sleep(0.01)
+    gate = api.services.submit_key.gate  # type: ignore[attr-defined]
+    assert gate.state().in_flight == 2
+
+    flood = await asyncio.gather(*(_submit(api, flooder, flood_payload, rest=i % 2 == 0) for i in range(20)))
+    assert [code for code, _ in flood] == ["RATE_LIMITED"] * 20, flood
+    assert gate.state().queued == 0 and gate.state().refused == 0
+
+    waiting = asyncio.create_task(_submit(api, *normal, rest=True))
+    async with asyncio.timeout(10):
+        while gate.state().queued == 0 and not waiting.done():  # noqa: ASYNC110 - the gate's state
+            await asyncio.sleep(0.01)
+    slow_scorer.hold.set()
+    code, result = await waiting
+    assert code == "ok" and result["passed"] is True, result
+    assert [code for code, _ in await asyncio.gather(*running)] == ["ok", "ok"]
 
 
 @pytest.mark.asyncio

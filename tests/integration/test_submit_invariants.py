@@ -180,26 +180,17 @@ async def test_the_database_refuses_a_second_open_key_for_a_pair(
 # ------------------------------------------------------------------------------------ retry policy
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize(
-    "retry", [{"cooldown_seconds": 600, "max_attempts_per_day": 5}, {"cooldown_seconds": 0, "max_attempts_per_day": 1}]
-)
-async def test_the_policy_is_checked_where_the_attempt_is_recorded(
-    api_factory: Start, database_url: str, toggles: dict[str, ToggleScorer], retry: dict[str, int]
-) -> None:
-    """A failure committed after the create's check (a racing submission of the pair's previous quiz) is
-    seen by the writer: the new quiz's attempt is refused RATE_LIMITED, and nothing is recorded."""
-    api = await api_factory(_settings(database_url, retry=retry))
-    alice, bob = await _pair(api)
-    payload = (await _create(api, alice, bob))["data"]["createConnectionKey"]
+async def _racing_failure(api: Api, payload: dict[str, Any], requester: uuid.UUID, target: uuid.UUID) -> None:
+    """Record a failed attempt of the pair now, after ``payload``'s quiz was issued: what a submission of
+    the pair's previous quiz that raced the create would leave."""
     now = datetime.now(UTC)
-    keyring = await api.services.encryption.keyring([alice, bob], create=True)
+    keyring = await api.services.encryption.keyring([requester, target], create=True)
     racing = AttemptRow(
         id=uuid.uuid4(),
         connection_key_id=uuid.uuid4(),
         conversation_id=uuid.UUID(payload["conversationId"]),
-        requester_id=alice,
-        target_id=bob,
+        requester_id=requester,
+        target_id=target,
         responses="[]",
         total_elapsed_ms=None,
         score=0.0,
@@ -215,12 +206,58 @@ async def test_the_policy_is_checked_where_the_attempt_is_recorded(
     )
     await api.services.key_store.insert_attempts([seal_attempt(keyring, racing)])
 
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("retry", "wait"),
+    [
+        ({"cooldown_seconds": 600, "max_attempts_per_day": 5}, 600),  # the cooldown after the racing failure
+        ({"cooldown_seconds": 0, "max_attempts_per_day": 1}, 86_400),  # the day's only attempt is spent
+    ],
+)
+async def test_the_policy_is_checked_where_the_attempt_is_recorded(
+    api_factory: Start, database_url: str, toggles: dict[str, ToggleScorer], retry: dict[str, int], wait: int
+) -> None:
+    """A failure committed after the create's check (a racing submission of the pair's previous quiz) is
+    seen by the writer: the new quiz's attempt is refused RATE_LIMITED with the true wait, nothing is
+    recorded, and the key stays open."""
+    api = await api_factory(_settings(database_url, retry=retry))
+    alice, bob = await _pair(api)
+    payload = (await _create(api, alice, bob))["data"]["createConnectionKey"]
+    await _racing_failure(api, payload, alice, bob)
+
     answers = await api.answers(payload)
     refused = await api.submit(alice, payload["signedPayload"], answers)
     assert _code(refused) == "RATE_LIMITED", refused
-    assert refused["errors"][0]["extensions"]["retryAfter"] >= 1
+    assert wait - 10 <= refused["errors"][0]["extensions"]["retryAfter"] <= wait
     assert await _attempts(payload["id"]) == 0
     assert await _status(payload["id"]) == KeyStatus.ISSUED
+
+
+@pytest.mark.asyncio
+async def test_a_quiz_the_policy_refuses_for_good_is_closed_and_a_new_one_may_start(
+    api_factory: Start, database_url: str, toggles: dict[str, ToggleScorer]
+) -> None:
+    """Refused at its issue time, the quiz can never be recorded; once the cooldown is over a Retry-After
+    would come round forever (retryAfter 1 on every try). The writer closes the key instead and answers
+    CONFLICT: start a new quiz, which is then recorded."""
+    api = await api_factory(_settings(database_url, retry={"cooldown_seconds": 1, "max_attempts_per_day": 5}))
+    alice, bob = await _pair(api)
+    payload = (await _create(api, alice, bob))["data"]["createConnectionKey"]
+    await _racing_failure(api, payload, alice, bob)
+    answers = await api.answers(payload)
+    await asyncio.sleep(1.5)  # the cooldown after the racing failure is over
+
+    for _ in range(2):  # the answer is final: the same again, never "retry in 1 s"
+        refused = await api.submit(alice, payload["signedPayload"], answers)
+        assert _code(refused) == "CONFLICT", refused
+    assert await _attempts(payload["id"]) == 0
+    assert await _status(payload["id"]) == KeyStatus.SUPERSEDED
+
+    fresh = (await _create(api, alice, bob))["data"]["createConnectionKey"]
+    recorded = await api.submit(alice, fresh["signedPayload"], await api.answers(fresh))
+    assert recorded["data"]["submitConnectionKey"]["passed"] is True, recorded
+    assert await _attempts(fresh["id"]) == 1
 
 
 @pytest.mark.asyncio
@@ -270,7 +307,9 @@ async def test_closed_or_unknown_keys_never_reach_a_scorer(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("claim", ["requester_id", "target_id", "conversation_id", "expires_at"])
+@pytest.mark.parametrize(
+    "claim", ["requester_id", "target_id", "conversation_id", "expires_at", "question_ids", "question_order"]
+)
 async def test_re_signed_claims_that_differ_from_the_key_row_are_refused(
     api_factory: Start, database_url: str, toggles: dict[str, ToggleScorer], claim: str
 ) -> None:
@@ -289,6 +328,8 @@ async def test_re_signed_claims_that_differ_from_the_key_row_are_refused(
         "target_id": {"target_id": mallory},
         "conversation_id": {"conversation_id": uuid.uuid4()},
         "expires_at": {"expires_at": claims.expires_at + 3600},
+        "question_ids": {"question_ids": [*claims.question_ids[:-1], uuid.uuid4()]},
+        "question_order": {"question_ids": list(reversed(claims.question_ids))},
     }[claim]
     caller = mallory if claim == "requester_id" else alice
     forged = await api.submit(caller, _resign(api, payload["signedPayload"], **change), answers)

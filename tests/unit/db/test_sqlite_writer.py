@@ -12,11 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 import pytest_asyncio
 
 from app.db.errors import DatabaseUnavailable
 from app.db.sqlite_pool import PooledSQLiteEngine, is_read_statement
+from app.db.sqlite_writer import SQLiteWriter
 from tests.cancellation import CancellationRun, cancel_at_every_step
 
 POOL_SIZE = 2
@@ -252,3 +254,58 @@ async def test_reader_pool_exhaustion_is_unavailable(tmp_path: Path) -> None:
         await engine.release(connection)
     assert await engine.run_ddl("SELECT 1 AS one") == [{"one": 1}]
     await engine.close_pool()
+
+
+@pytest.mark.asyncio
+async def test_a_single_statement_write_after_the_connection_died_gets_a_fresh_one(
+    engine: PooledSQLiteEngine,
+) -> None:
+    """The writer's connection is closed behind its back (no outage error: aiosqlite says ``no active
+    connection``): the write that finds it fails, and the connection is replaced, so the next one works
+    without waiting for a transaction to replace it."""
+    connection = await engine.writer.acquire()
+    await connection.close()
+    await engine.writer.release(connection, discard=False)
+    with pytest.raises(ValueError, match="no active connection"):
+        await engine.run_ddl("INSERT INTO rows (batch) VALUES (7)")
+    await engine.run_ddl("INSERT INTO rows (batch) VALUES (7)")
+    assert await count(engine, 7) == 1
+    # A statement's own error keeps the connection (nothing to replace): the next write still works.
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await engine.run_ddl("INSERT INTO missing (batch) VALUES (8)")
+    await engine.run_ddl("INSERT INTO rows (batch) VALUES (8)")
+    assert await count(engine, 8) == 1
+    await assert_nothing_held(engine)
+
+
+@pytest.mark.asyncio
+async def test_a_writer_connection_opened_for_a_cancelled_caller_is_closed(tmp_path: Path) -> None:
+    """The caller is cancelled while the writer opens its connection: the open runs to its end (it cannot
+    be interrupted half-way), and then the connection nobody receives is closed, thread and all, instead of
+    leaking (its non-daemon thread would keep the process from exiting)."""
+    opened: list[aiosqlite.Connection] = []
+    connecting = asyncio.Event()
+
+    async def slow_connect() -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(tmp_path / "c.sqlite3")
+        opened.append(connection)
+        connecting.set()
+        await asyncio.sleep(0.2)  # the rest of the set-up (pragmas) still running
+        return connection
+
+    writer = SQLiteWriter(slow_connect, acquire_timeout=1.0, begin_timeout=1.0, max_pending=8, retry_after=1)
+    caller = asyncio.create_task(writer.acquire())
+    await connecting.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    [connection] = opened
+    with pytest.raises(ValueError, match="no active connection"):
+        await connection.execute("SELECT 1")
+    assert not connection._thread.is_alive()  # the thread is what would hold the process open
+    assert writer.is_idle
+    # The next holder opens its own.
+    fresh = await writer.acquire()
+    assert fresh is opened[1]
+    await writer.release(fresh, discard=False)
+    await writer.close()

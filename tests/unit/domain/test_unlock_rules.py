@@ -10,6 +10,7 @@ import pytest
 from app.domain.quiz import UnlockState
 from app.domain.unlock_rules import (
     WINDOW,
+    RecordRefusal,
     RetryPolicy,
     UnlockDecision,
     decide_after_attempt,
@@ -162,15 +163,16 @@ def test_may_record_attempt_checks_at_the_quizs_issue_time_not_at_submission() -
     failed_at = NOW
     issued_during_cooldown = NOW + timedelta(seconds=60)
     answered_after_cooldown = NOW + timedelta(seconds=900)
-    # Checked at submission time it would pass; the quiz was issued during the cooldown, so it does not.
+    # Checked at submission time it would pass; the quiz was issued during the cooldown, so it does not,
+    # and never will: the refusal is final (a new quiz may start now, this one's key is spent).
     assert may_start_attempt([failed_at], answered_after_cooldown, policy) is None
     assert may_record_attempt([failed_at], issued_during_cooldown, answered_after_cooldown, policy) == (
-        answered_after_cooldown  # a new quiz may start now
+        RecordRefusal(answered_after_cooldown, final=True)
     )
-    # Answered during the cooldown: the wait ends with the cooldown.
+    # Answered during the cooldown: the wait ends with the cooldown (not final: a new quiz may start then).
     answered_soon = NOW + timedelta(seconds=120)
-    assert may_record_attempt([failed_at], issued_during_cooldown, answered_soon, policy) == NOW + timedelta(
-        seconds=600
+    assert may_record_attempt([failed_at], issued_during_cooldown, answered_soon, policy) == RecordRefusal(
+        NOW + timedelta(seconds=600), final=False
     )
     # Issued after the cooldown: recorded.
     assert may_record_attempt([failed_at], NOW + timedelta(seconds=601), answered_after_cooldown, policy) is None
@@ -179,7 +181,14 @@ def test_may_record_attempt_checks_at_the_quizs_issue_time_not_at_submission() -
 def test_may_record_attempt_counts_the_daily_limit_and_later_failures() -> None:
     policy = RetryPolicy(cooldown_seconds=0, max_attempts_per_day=2)
     assert may_record_attempt([NOW - H], NOW, NOW, policy) is None
-    assert may_record_attempt([NOW - 2 * H, NOW - H], NOW, NOW, policy) == NOW - 2 * H + WINDOW
+    assert may_record_attempt([NOW - 2 * H, NOW - H], NOW, NOW, policy) == RecordRefusal(
+        NOW - 2 * H + WINDOW, final=False
+    )
     # A failure recorded after the quiz was issued (it raced the create) counts too.
-    assert may_record_attempt([NOW - H, NOW + H], NOW, NOW + 2 * H, policy) == NOW - H + WINDOW
+    assert may_record_attempt([NOW - H, NOW + H], NOW, NOW + 2 * H, policy) == RecordRefusal(
+        NOW - H + WINDOW, final=False
+    )
+    # Once the window has reopened the refusal is final: waiting for this quiz would never end.
+    later = NOW - H + WINDOW + H
+    assert may_record_attempt([NOW - H, NOW + H], NOW, later, policy) == RecordRefusal(later, final=True)
     assert may_record_attempt([], NOW, NOW, policy) is None

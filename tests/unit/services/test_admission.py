@@ -1,10 +1,11 @@
 """AdmissionGate: slots, first-come-first-served line, refusal at once over budget, cancelled waiters
-leave, only completed work feeds the average; Admitted passes calls through the gate."""
+leave, every completed admission feeds the average; Admitted runs a use case's precheck before the gate
+and the rest inside it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -170,19 +171,22 @@ async def test_a_waiter_still_in_line_at_the_budget_is_refused_then() -> None:
 
 
 @pytest.mark.asyncio
-async def test_only_completed_work_feeds_the_service_time() -> None:
+async def test_every_completed_admission_feeds_the_service_time_and_a_cancelled_one_does_not() -> None:
+    """A request that fails fast held its slot only briefly: that is what the next in line waited for, so
+    it counts (only successes counting kept the estimate at the slow successes' time while fast failures
+    filled the line). A cancelled one stopped at an arbitrary point: it does not count."""
     clock = FakeClock()
     g = gate(clock)
-    with pytest.raises(ServiceError):
-        async with g.admit():
-            clock.now += 30.0
-            raise ServiceError(ErrorCode.BAD_USER_INPUT, "bad")
-    assert g.state().mean_service_seconds is None
     task = asyncio.create_task(complete_one(g, clock, 0.0))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert g.state().mean_service_seconds is None
+    with pytest.raises(ServiceError):
+        async with g.admit():
+            clock.now += 0.5
+            raise ServiceError(ErrorCode.BAD_USER_INPUT, "bad")
+    assert g.state().mean_service_seconds == pytest.approx(0.5)
     assert g.state().in_flight == 0  # failed and cancelled work still gave its slot back
     await complete_one(g, clock, 0.25)
     assert g.state().mean_service_seconds == pytest.approx(0.25)
@@ -223,3 +227,66 @@ def test_from_settings_uses_the_admission_section() -> None:
     g = AdmissionGate.from_settings("create", AdmissionSettings(concurrency=3, max_wait_seconds=1.5))
     state = g.state()
     assert (state.operation, state.concurrency, state.in_flight, state.expected_wait_seconds) == ("create", 3, 0, 0.0)
+
+
+class FloodableUseCase:
+    """A use case with a precheck: callers named "flood" are over their rate limit (refused there after a
+    round trip to the limiter); the work itself holds its slot until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.ran: list[str] = []
+
+    async def __call__(self, caller: str) -> str:
+        await self.precheck(caller)
+        return await self.run(caller)
+
+    async def precheck(self, caller: str) -> None:
+        await asyncio.sleep(0)  # the limiter's round trip
+        if caller.startswith("flood"):
+            raise ServiceError(ErrorCode.RATE_LIMITED, "Too many requests; try again later.", retryAfter=30)
+
+    async def run(self, caller: str) -> str:
+        self.ran.append(caller)
+        await self.release.wait()
+        return caller
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_rate_limited_requests_does_not_make_others_unavailable() -> None:
+    """Both slots are busy with real work (1 s each, as learned): a client over its rate limit floods the
+    service. Its requests are refused RATE_LIMITED before the gate, so they take no place in line, and a
+    normal user's request waits its turn instead of being refused UNAVAILABLE."""
+    clock = FakeClock()
+    g = gate(clock, concurrency=2, budget=2.0)
+    await complete_one(g, clock, 1.0)  # the gate learns S = 1 s: 2 s of budget admits 3 in line
+    use_case = FloodableUseCase()
+    call: Callable[..., Awaitable[str]] = Admitted(use_case, g)  # type: ignore[assignment]
+    busy = [asyncio.create_task(call(f"busy{i}")) for i in range(2)]
+    await settle()
+    assert g.state().in_flight == 2
+
+    flood = await asyncio.gather(*(call(f"flood{i}") for i in range(20)), return_exceptions=True)
+    assert all(isinstance(e, ServiceError) and e.code is ErrorCode.RATE_LIMITED for e in flood), flood
+    assert g.state().queued == 0 and g.state().refused == 0
+
+    normal = asyncio.create_task(call("normal"))
+    await settle()
+    assert g.state().queued == 1  # waiting its turn, not refused
+    use_case.release.set()
+    assert await normal == "normal"
+    assert await asyncio.gather(*busy) == ["busy0", "busy1"]
+    assert use_case.ran == ["busy0", "busy1", "normal"]  # the flood never reached the work
+
+
+@pytest.mark.asyncio
+async def test_a_use_case_without_precheck_runs_whole_inside_the_gate() -> None:
+    clock = FakeClock()
+    g = gate(clock, concurrency=1)
+    inside: list[int] = []
+
+    async def use_case() -> None:
+        inside.append(g.state().in_flight)
+
+    await Admitted(use_case, g)()
+    assert inside == [1]
