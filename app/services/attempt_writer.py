@@ -47,6 +47,7 @@ from app.domain.unlock_rules import (
 )
 from app.errors import ErrorCode, ServiceError
 from app.services.audit import AuditLog
+from app.services.limits import cooling_down
 
 __all__ = ["AttemptWriter", "PendingAttempt"]
 
@@ -79,15 +80,6 @@ def _replayed() -> ServiceError:
 def _spent() -> ServiceError:
     return ServiceError(
         ErrorCode.CONFLICT, "This quiz can no longer be answered under the retry policy; start a new quiz."
-    )
-
-
-def _rate_limited(retry_at: datetime, now: datetime) -> ServiceError:
-    return ServiceError(
-        ErrorCode.RATE_LIMITED,
-        "Take a moment before trying this quiz again.",
-        retryAfter=max(1, int((retry_at - now).total_seconds() + 0.999)),
-        retryAvailableAt=retry_at.isoformat(),
     )
 
 
@@ -346,7 +338,7 @@ class AttemptWriter:
             elif key in spent:
                 outcomes.append(_spent())  # nothing recorded, the key is closed
             elif key in held_back and not held_back[key].final:
-                outcomes.append(_rate_limited(held_back[key].retry_at, now))  # nothing recorded, the key stays open
+                outcomes.append(cooling_down(held_back[key].retry_at, now))  # nothing recorded, the key stays open
             else:
                 outcomes.append(_lost(current.get(key)))
         return outcomes

@@ -28,7 +28,7 @@ from app.domain.signing import PayloadSigner
 from app.domain.unlock_rules import WINDOW, RetryPolicy, may_start_attempt
 from app.errors import ErrorCode, ServiceError
 from app.services.encryption import FieldEncryption
-from app.services.limits import enforce_limit
+from app.services.limits import cooling_down, enforce_limit
 from app.services.template_library import TemplateLibrary
 from app.settings import Settings
 
@@ -138,14 +138,7 @@ class CreateConnectionKey:
         failures = await deps.keys.recent_failures(requester_id, conversation.id, now - WINDOW)
         retry_at = may_start_attempt(failures, now, deps.retry_policy)
         if retry_at is not None:
-            raise ServiceError(
-                ErrorCode.RATE_LIMITED,
-                f"Take a moment before trying this quiz again: try again in {wait} seconds."
-                if (wait := max(1, int((retry_at - now).total_seconds() + 0.999))) <= 120
-                else f"Take a moment before trying this quiz again: try again at {retry_at:%H:%M:%S} UTC.",
-                retryAfter=max(1, int((retry_at - now).total_seconds() + 0.999)),
-                retryAvailableAt=retry_at.isoformat(),
-            )
+            raise cooling_down(retry_at, now)
         try:
             quiz = await self._queue.run(
                 lambda: self._generate(requester_id, target, conversation.id),
