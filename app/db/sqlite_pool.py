@@ -22,8 +22,9 @@ import aiosqlite
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType, dict_factory
 
 from app.db.errors import DatabaseUnavailable, is_database_outage, unavailable_from
-from app.db.sqlite_writer import SQLiteWriter
+from app.db.sqlite_writer import SQLiteWriter, fetch_all
 from app.db.transaction import OwnedTransaction
+from app.db.uninterrupted import run_uninterrupted
 
 __all__ = ["PooledSQLiteEngine", "is_read_statement"]
 
@@ -195,14 +196,16 @@ class PooledSQLiteEngine(SQLiteEngine):
             return await self.writer.execute(query, args or [])
         connection = await self.acquire()
         try:
-            async with connection.execute(query, args or []) as cursor:
-                return await cursor.fetchall()
+            # To its end even if the caller is cancelled: a statement started on the connection's thread
+            # and never finished keeps a WAL read snapshot open, and the pooled connection would go on
+            # reading the database as it was then (rows committed since would read as missing).
+            return await run_uninterrupted(fetch_all(connection, query, args or []))
         except Exception as exc:
             if is_database_outage(exc) and not isinstance(exc, DatabaseUnavailable):
                 raise unavailable_from(exc, self._retry_after, "The database is unavailable") from exc
             raise
         finally:
-            await self.release(connection)
+            await run_uninterrupted(self.release(connection))
 
     async def _run_in_existing_connection(
         self,

@@ -22,7 +22,7 @@ import structlog
 from app.db.errors import DatabaseUnavailable, is_database_outage, unavailable_from
 from app.db.uninterrupted import run_uninterrupted
 
-__all__ = ["SQLiteWriter"]
+__all__ = ["SQLiteWriter", "fetch_all"]
 
 log = structlog.get_logger(__name__)
 
@@ -129,7 +129,7 @@ class SQLiteWriter:
         connection = await self.acquire()
         discard = False
         try:
-            return await run_uninterrupted(_fetch_all(connection, query, args))
+            return await run_uninterrupted(fetch_all(connection, query, args))
         except Exception as exc:
             # A plain statement error (a constraint, a syntax error) leaves the connection fine; anything
             # else (closed under us: ``ValueError: no active connection``, I/O, a lost file) replaces it,
@@ -168,7 +168,8 @@ async def _execute(connection: aiosqlite.Connection, sql: str) -> None:
     await connection.execute(sql)
 
 
-async def _fetch_all(connection: aiosqlite.Connection, query: str, args: list[Any]) -> list[Any]:
+async def fetch_all(connection: aiosqlite.Connection, query: str, args: list[Any]) -> list[Any]:
+    """Run ``query`` and read every row, closing its cursor (which ends the statement) before returning."""
     async with connection.execute(query, args) as cursor:
         return list(await cursor.fetchall())
 

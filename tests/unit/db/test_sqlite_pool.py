@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.db.sqlite_pool import PooledSQLiteEngine
+from tests.cancellation import CancellationRun, cancel_at_every_step
 
 
 def engine(tmp_path: Path, size: int = 2) -> PooledSQLiteEngine:
@@ -57,3 +58,27 @@ async def test_new_leases_are_refused_while_closing(tmp_path: Path) -> None:
         await pool.acquire()
     await pool.release(held)
     await closing
+
+
+@pytest.mark.asyncio
+async def test_a_read_cancelled_at_any_step_leaves_no_stale_snapshot_behind(tmp_path: Path) -> None:
+    """A read cancelled after its statement started on the connection's thread but before its cursor was
+    closed kept that statement open, and with it a WAL read snapshot: the pooled connection went on seeing
+    the database as it was, so a row written (and committed) since read as missing."""
+    pool = engine(tmp_path, size=1)
+    await pool.run_ddl("PRAGMA journal_mode=WAL")
+    await pool._run_in_new_connection("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    await pool._run_in_new_connection("INSERT INTO t (id) VALUES (0), (1), (2)")
+    written = 2
+
+    async def after_each(run: CancellationRun) -> None:
+        nonlocal written
+        written += 1
+        await pool._run_in_new_connection(f"INSERT INTO t (id) VALUES ({written})")  # noqa: S608 - test ints
+        rows = await pool._run_in_new_connection("SELECT max(id) AS top FROM t")
+        assert rows[0]["top"] == written, f"cancelled after {run.steps} steps: a stale snapshot"
+        assert pool.free_reader_slots == 1
+
+    runs = await cancel_at_every_step(lambda: pool._run_in_new_connection("SELECT id FROM t"), after_each)
+    assert any(r.cancelled for r in runs)
+    await pool.close_pool()
