@@ -302,6 +302,7 @@ async def test_a_writer_connection_opened_for_a_cancelled_caller_is_closed(tmp_p
     [connection] = opened
     with pytest.raises(ValueError, match="no active connection"):
         await connection.execute("SELECT 1")
+    connection._thread.join(timeout=5)  # its loop notices the close within its own poll interval
     assert not connection._thread.is_alive()  # the thread is what would hold the process open
     assert writer.is_idle
     # The next holder opens its own.
