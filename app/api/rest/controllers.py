@@ -70,7 +70,7 @@ class ConnectionKeyController(Controller):
         "review, e.g. answers the requester gave a moderator while a reported scoring problem is looked "
         "into: the usual checks apply (signed payload, single use, expiry, the requester's limits), the "
         "attempt records the moderator in `submittedBy`, and the submission is audited. " + _ERRORS,
-        responses=problem_responses(400, 401, 403, 404, 409, 410, 429),
+        responses=problem_responses(400, 401, 403, 404, 409, 410, 429, 503),
     )
     async def respond(
         self,
@@ -104,7 +104,7 @@ class ProfileController(Controller):
         "/{user_id:uuid}",
         summary="Create or replace a profile",
         description=_ERRORS,
-        responses=problem_responses(400, 401, 403),
+        responses=problem_responses(400, 401, 403, 503),
     )
     async def upsert(
         self,
