@@ -1,4 +1,4 @@
-"""structlog setup and per-request context (request id; trace id once tracing lands).
+"""structlog setup and per-request context (the request id).
 
 Every log line is JSON with ``request_id`` bound by the middleware below. Keys that could carry secrets
 or personal data are redacted by a processor, as a safety net behind the rule of never logging them.

@@ -318,7 +318,8 @@ class AdmissionSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    """Request limits (in memory now; Redis-backed later)."""
+    """Request limits, kept in this process's memory, or in Redis (shared by every instance) when
+    ``redis.url`` is set."""
 
     enabled: bool = True
     """Turn all limits off (benchmarks, trusted backends)."""
@@ -438,7 +439,7 @@ DEV_ENCRYPTION_KEY = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZWstY2hhbmdlISE="  # base64("d
 
 
 class EncryptionSettings(_Section):
-    """``[encryption]``: per-field envelope encryption of PII (issue 5).
+    """``[encryption]``: per-field envelope encryption of PII.
 
     Each user's PII is sealed (AES-256-GCM) with that user's own data key; data keys are stored wrapped
     by a key-encryption key (KEK) named here. ``litestar ck keys rotate`` re-wraps every data key under
@@ -479,7 +480,7 @@ class EncryptionSettings(_Section):
 
 
 class AuditSettings(_Section):
-    """``[audit]``: the hash-chained audit log and its sealed-segment export (issue 5)."""
+    """``[audit]``: the hash-chained audit log and its sealed-segment export."""
 
     digest_key: str = "dev-only-audit-digest-key-change-me-0123456789"
     """HMAC-SHA256 key of the change digests (at least 32 characters; the default is refused in
@@ -515,7 +516,7 @@ class AuditSettings(_Section):
 
 
 class ModerationSettings(_Section):
-    """``[moderation]``: who counts as a moderator and what the moderation API allows (issue 5)."""
+    """``[moderation]``: who counts as a moderator and what the moderation API allows."""
 
     roles_claim: Annotated[str, Meta(min_length=1, max_length=200)] = "app_metadata.roles"
     """Dotted path of the JWT claim holding the caller's roles (a list of strings). Supabase keeps it in
@@ -539,7 +540,7 @@ class ModerationSettings(_Section):
 
 
 class GraphQLSettings(_Section):
-    """``[graphql]``: abuse limits of the GraphQL endpoint (issue 5).
+    """``[graphql]``: abuse limits of the GraphQL endpoint.
 
     Every limit is checked while the document is parsed or validated, before any resolver runs, over
     HTTP and WebSocket alike; a refusal is a ``BAD_USER_INPUT`` error naming the ``limit``."""

@@ -1,7 +1,7 @@
 """Answer keys for the benchmarks' generators, read through the service's own stores.
 
-The API never returns answer keys and the database holds them sealed with the target's data key
-(issue 5), so a benchmark opens them the way the service does: same settings (``litestar.toml`` plus the
+The API never returns answer keys and the database holds them sealed with the target's data key,
+so a benchmark opens them the way the service does: same settings (``litestar.toml`` plus the
 given environment), same key-encryption keys, ``KeyStore.get_quiz``. Benchmark use only.
 """
 

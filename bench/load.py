@@ -61,11 +61,11 @@ from httpload import CpuWindow, PhaseResult, build_request, closed_loop, open_lo
 HOST = "127.0.0.1"
 SCENARIOS = ("bare", "rest-create", "rest-submit", "gql-create", "gql-submit")
 AIMS = {
-    # scenario: (min saturated req/s, max p95 ms at the fixed rate) -- from the issue
+    # scenario: (min saturated req/s, max p95 ms at the fixed rate): the targets a run is judged against
     "gql-submit": (600.0, 25.0),
     "rest-submit": (2000.0, None),
 }
-BARE_REFERENCE_RPS = 10_000  # the issue's reference figure for a bare msgspec POST on one core
+BARE_REFERENCE_RPS = 10_000  # what a bare msgspec POST reaches on one core: the yardstick for the machine
 MARK_BEGIN = "<!-- load.py:begin (generated; refreshed by `bench/load.py --write-results`) -->"
 MARK_END = "<!-- load.py:end -->"
 

@@ -22,7 +22,7 @@ latency (the later of the two arrivals minus t0) and of the per-socket latency, 
 (response minus scheduled send time), server CPU (``/proc/<pid>/stat``) while idle with every
 socket open and during the submit window, generator CPU, other processes' CPU, load average, and
 missed messages (passing submits whose UNLOCKED never reached a socket within --drain-timeout,
-sockets the server closed, unexpected messages). Aims from the issue: p99 < 100 ms with the
+sockets the server closed, unexpected messages). Aims: p99 < 100 ms with the
 in-process bus, < 250 ms through Kafka and Redis.
 
 A negative latency means UNLOCKED reached the socket before the submit's HTTP response did; those
@@ -64,7 +64,7 @@ from procstat import client_cpu_seconds, descendants, free_port, loadavg, proc_c
 from httpload import CpuWindow, build_request, open_conn, percentile, request_many  # noqa: E402
 
 HOST = "127.0.0.1"
-AIMS_MS = {"memory": 100.0, "redis-kafka": 250.0}  # p99 of the both-participants latency, from the issue
+AIMS_MS = {"memory": 100.0, "redis-kafka": 250.0}  # aims for the p99 of the both-participants latency
 STATUS = (
     "subscription($id: ID!) { connectionKeyStatus(conversationId: $id) "
     "{ conversationId unlockState attemptId score updatedAt } }"

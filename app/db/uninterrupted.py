@@ -1,7 +1,7 @@
 """Cleanup that a cancellation cannot cut short.
 
-A rollback or a release interrupted half-way leaves a connection leased or a write lock held for good
-(the wedge of issue 10). :func:`run_uninterrupted` runs such a step to its end on a task of its own; a
+A rollback or a release interrupted half-way leaves a connection leased or a write lock held for good,
+and the instance wedges. :func:`run_uninterrupted` runs such a step to its end on a task of its own; a
 cancellation of the caller meanwhile is held back and raised once the step is done, so the caller still
 unwinds as it was told to.
 """

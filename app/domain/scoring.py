@@ -36,7 +36,7 @@ class QuestionOutcome(Struct, frozen=True, omit_defaults=True):
 
 
 class ScoringPolicy(Struct, frozen=True):
-    """Weights and thresholds, from settings (and later from experiments)."""
+    """Weights and thresholds, from settings."""
 
     weights: Mapping[str, float]
     pass_threshold: float

@@ -41,7 +41,7 @@ class ChoiceScorer:
 
 
 class FreeResponseRuleScorer:
-    """Free response until the LLM rubric exists: 20 to 1,000 characters, and not a copy of the question."""
+    """Free response by rule, with no model: 20 to 1,000 characters, and not a copy of the question."""
 
     name = "rule.free_response"
     version = "1.0.0"

@@ -1,4 +1,4 @@
-"""GraphQL object and input types (the contract in the foundation issue) and their mapping from Structs."""
+"""GraphQL object and input types (the API's public contract) and their mapping from Structs."""
 
 from __future__ import annotations
 
