@@ -53,10 +53,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
-
 from answer_keys import read_answer_keys  # noqa: E402
-from procstat import CLK_TCK, client_cpu_seconds, descendants, free_port, proc_cpu_seconds  # noqa: E402
 from httpload import CpuWindow, PhaseResult, build_request, closed_loop, open_loop, request_many  # noqa: E402
+from procstat import CLK_TCK, client_cpu_seconds, descendants, free_port, proc_cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
 SCENARIOS = ("bare", "rest-create", "rest-submit", "gql-create", "gql-submit")

@@ -60,8 +60,8 @@ sys.path.insert(0, str(BENCH))
 
 import msgspec  # noqa: E402
 from answer_keys import read_answer_keys  # noqa: E402
-from procstat import client_cpu_seconds, descendants, free_port, loadavg, proc_cpu_seconds  # noqa: E402
 from httpload import CpuWindow, build_request, open_conn, percentile, request_many  # noqa: E402
+from procstat import client_cpu_seconds, descendants, free_port, loadavg, proc_cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
 AIMS_MS = {"memory": 100.0, "redis-kafka": 250.0}  # aims for the p99 of the both-participants latency

@@ -509,7 +509,9 @@ async def test_a_moderator_may_submit_for_the_requester_and_it_is_recorded(api: 
     assert await ConnectionKeyAttempt.count().where(ConnectionKeyAttempt.connection_key_id == payload["id"]).run() == 1
     # Single use still holds for a moderator: other answers, or another moderator, are a replay.
     other = {**body, "answers": [{**answers[0], "value": "something else entirely"}, *answers[1:]]}
-    assert_problem(await api.client.post(url, json=other, headers=moderator_headers(api, moderator)), 409, "PAYLOAD_REPLAYED")
+    assert_problem(
+        await api.client.post(url, json=other, headers=moderator_headers(api, moderator)), 409, "PAYLOAD_REPLAYED"
+    )
     assert_problem(await api.client.post(url, json=body, headers=moderator_headers(api)), 409, "PAYLOAD_REPLAYED")
 
 
